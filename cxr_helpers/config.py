@@ -1,0 +1,397 @@
+"""Run configuration: typed sections loaded from YAML, validated strictly.
+
+One place knows every key a run may set. Unknown or mistyped keys fail with one line naming
+the file, the key and what is allowed, because a silently ignored typo (``epoch: 30``) is a
+wasted training run. ``--set a.b=value`` overrides go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message is one line a user can act on."""
+
+
+DEFAULT_PREVALENCE = {
+    "Cardiomegaly": 0.22,
+    "Effusion": 0.18,
+    "Nodule": 0.14,
+    "Mass": 0.10,
+    "Pneumothorax": 0.10,
+    "Consolidation": 0.16,
+}
+
+
+@dataclass
+class SyntheticConfig:
+    """Embedded synthetic CXR-like data (no download; exact lesion masks)."""
+
+    n_images: int = 1500  # total images, all splits
+    max_followups: int = 3  # images per patient are drawn from 1..max_followups
+    prevalence: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
+    difficulty: float = 1.0  # >1 makes lesions fainter and smaller
+    confounder: bool = False  # bright device-like object correlated with confounder_class
+    confounder_class: str = "Cardiomegaly"
+    confounder_rate_pos: float = 0.8  # P(device | finding)
+    confounder_rate_neg: float = 0.1  # P(device | no finding)
+    side_marker: bool = True
+    noise: float = 1.0  # scale of quantum/electronic noise
+
+
+@dataclass
+class CsvSourceConfig:
+    """Column mapping for the generic ``csv`` source."""
+
+    file: Optional[str] = None  # CSV path; relative paths resolve against data.root
+    path_column: str = "path"
+    image_root: Optional[str] = None  # image paths are relative to this (default: CSV folder)
+    label_columns: list[str] = field(default_factory=list)  # multi-hot 0/1 columns
+    label_column: Optional[str] = None  # one column of '|'-separated names (or one class name)
+    label_separator: str = "|"
+    patient_column: Optional[str] = None
+    split_column: Optional[str] = None
+    age_column: Optional[str] = None
+    sex_column: Optional[str] = None
+    view_column: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are prepared."""
+
+    source: str = "synthetic"  # synthetic | medmnist | nih_cxr14 | folder | csv
+    root: Optional[str] = None  # data location (file or directory, by source)
+    task: Optional[str] = None  # multilabel | multiclass; None = the source's own
+    classes: Optional[list[str]] = None  # subset / order of classes; None = all
+    image_size: int = 64  # prepared (cached) square size in pixels
+    aspect: str = "pad"  # pad | crop | stretch: how non-square images become square
+    clahe: bool = False  # contrast-limited histogram equalisation when preparing
+    split: str = "official"  # official | chexnet | random (patient-level, seeded)
+    val_fraction: float = 0.1  # for generated splits (and val carved from official train)
+    test_fraction: float = 0.2  # for generated splits
+    max_images: Optional[int] = None  # cap per split for smoke runs
+    cache_dir: str = "outputs/.cache"  # prepared uint8 caches, keyed by source + preprocessing
+    patient_id_pattern: Optional[str] = None  # regex with one group: patient id from file name
+    medmnist_flag: Optional[str] = None  # e.g. pneumoniamnist; None = from the file name
+    num_workers: Optional[int] = None  # cache-building processes; None = cores available
+    csv: CsvSourceConfig = field(default_factory=CsvSourceConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and weights."""
+
+    arch: str = "resnet18"  # any timm classification model name
+    pretrained: bool = False  # timm hub weights (needs network)
+    weights: Optional[str] = None  # local state dict to start from (timm/torchvision layout)
+    checkpoint: Optional[str] = None  # external trained checkpoint to evaluate without training
+    in_chans: int = 1  # 1 = adapt the stem to grey input; 3 = repeat grey to RGB
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentation (horizontal flip off: laterality matters on a CXR)."""
+
+    rotate: float = 7.0  # degrees, uniform +-
+    scale: float = 0.08  # relative, uniform +-
+    translate: float = 0.05  # fraction of size, uniform +-
+    brightness: float = 0.1
+    contrast: float = 0.1
+    gamma: float = 0.1
+    noise: float = 0.0  # Gaussian noise std in [0, 1] intensity units
+    hflip: bool = False
+    random_resized_crop: bool = False
+    rrc_scale_min: float = 0.7
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation loop."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine | plateau | onecycle | none
+    warmup_epochs: float = 1.0
+    accum_steps: int = 1
+    grad_clip: Optional[float] = None
+    loss: str = "auto"  # auto | bce | focal | asl | ce
+    pos_weight: bool = False  # BCE per-class positive weights from inverse frequency
+    class_weights: bool = False  # CE class weights from inverse frequency
+    focal_gamma: float = 2.0
+    focal_alpha: Optional[float] = None
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    label_smoothing: float = 0.0
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: str = "auto"  # auto | on | off
+    compile: bool = False
+    ema: bool = False
+    ema_decay: float = 0.999
+    freeze_epochs: int = 0  # train only the head for this many epochs first
+    finetune_lr_factor: float = 0.1  # lr multiplier once the backbone is unfrozen
+    early_stopping_patience: Optional[int] = None
+    monitor: str = "macro_auroc"
+    resume: bool = False
+    num_workers: Optional[int] = None  # DataLoader workers; None = sized from cores
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None  # torch CPU threads; None = cores available
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Error analysis on the test split, choices fitted on validation."""
+
+    n_bootstrap: int = 1000
+    ci: float = 0.95
+    threshold_policy: str = "youden"  # youden | max_f1 | sensitivity
+    target_sensitivity: float = 0.95
+    calibrate: bool = True  # temperature scaling fitted on validation
+    n_bins: int = 10  # calibration bins
+    targets: dict[str, float] = field(default_factory=dict)  # e.g. {macro_auroc: 0.86}
+    robustness: bool = True
+    severities: int = 3  # graded severities per corruption
+    tta: list[str] = field(default_factory=lambda: ["shift", "scale"])  # flips/shifts/scales
+    age_bands: list[int] = field(default_factory=lambda: [18, 40, 60, 80])
+    gallery_size: int = 6
+    batch_size: int = 128
+
+
+@dataclass
+class CamConfig:
+    """Explanations (pytorch-grad-cam) and their localisation metrics."""
+
+    methods: list[str] = field(
+        default_factory=lambda: ["gradcam", "gradcam++", "hirescam", "eigencam", "layercam"]
+    )
+    target_layer: Optional[str] = None  # dotted module path; None = chosen per model family
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+    max_images: int = 64  # images scored per class and method
+    batch_size: int = 16
+    iobb_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
+    faithfulness: bool = True
+    gallery_size: int = 4
+
+
+@dataclass
+class PredictConfig:
+    """Inference report for new images."""
+
+    inputs: list[str] = field(default_factory=list)  # files or folders (PNG/JPG/DICOM)
+    cam: bool = True  # Grad-CAM overlay per predicted finding
+    cam_method: str = "gradcam"  # one of cam.methods' names
+    max_images: int = 50  # images predicted per call (the rest are listed as skipped)
+    max_panels: int = 8  # per-image figures shown in the report
+    demo_images: int = 4  # test-split images written to PNG when no inputs are given
+    batch_size: int = 64
+
+
+@dataclass
+class ReportConfig:
+    """How reports are rendered."""
+
+    hide_code: bool = False  # True: no code in the HTML; False: code collapsed behind a toggle
+
+
+@dataclass
+class TrackingConfig:
+    """Optional experiment tracking."""
+
+    tensorboard: bool = True  # write event files when tensorboard is installed
+    mlflow: Optional[str] = None  # tracking URI; needs the mlflow extra
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = "run"
+    seed: int = 0
+    notebooks: list[str] = field(
+        default_factory=lambda: ["01_eda", "02_train", "03_error_analysis", "04_gradcam", "05_predict"]
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = " | ".join(_type_name(a) for a in args)
+        return f"{inner} or null" if len(args) < len(typing.get_args(tp)) else inner
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"mapping {_type_name(k)} -> {_type_name(v)}"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` checked against type ``tp`` (int -> float allowed), or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} expects bool (true/false), got {type(value).__name__} {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where} expects int, got bool {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where} expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
+    """Instantiate dataclass ``cls`` from a raw mapping, strictly."""
+    where = f"{origin}: key '{prefix.rstrip('.')}'" if prefix else origin
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            allowed = ", ".join(fields)
+            raise ConfigError(f"{origin}: unknown key '{prefix}{key}' (allowed here: {allowed})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.", origin)
+        else:
+            value = _coerce(value, tp, f"{origin}: key '{prefix}{key}'")
+            if typing.get_origin(tp) is dict and fields[key].default_factory is not dataclasses.MISSING:
+                value = {**fields[key].default_factory(), **value}  # a mapping overrides key by key
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _set_path(raw: dict, dotted: str, value: Any, origin: str) -> None:
+    """Set ``a.b.c=value`` in the raw mapping, checking each step against the schema."""
+    parts = dotted.split(".")
+    cls: Any = Config
+    node = raw
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else None
+        if hints is None:
+            # inside a dict-typed field: remaining parts form the key path
+            node[".".join(parts[i:])] = value
+            return
+        if part not in hints:
+            allowed = ", ".join(hints)
+            raise ConfigError(f"{origin}: unknown key '{'.'.join(parts[: i + 1])}' (allowed here: {allowed})")
+        tp = hints[part]
+        last = i == len(parts) - 1
+        if last:
+            node[part] = value
+            return
+        if dataclasses.is_dataclass(tp):
+            cls = tp
+        elif typing.get_origin(tp) is dict:
+            cls = None
+        else:
+            raise ConfigError(f"{origin}: key '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        node = child
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value``; the value is parsed as YAML (``3`` int, ``true`` bool, ``[a, b]`` list)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value (e.g. train.epochs=3)")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load and validate a YAML config, then apply ``key=value`` overrides (type-checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see configs/ for the shipped ones)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{line} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    raw.setdefault("name", path.stem)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(raw, key, value, f"{path} (override --set {text})")
+    return _build(Config, raw, "", str(path))
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Validate a plain mapping (e.g. a checkpoint's stored config) into a Config."""
+    return _build(Config, dict(raw), "", origin)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config, exactly what ran, as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

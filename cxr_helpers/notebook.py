@@ -1,0 +1,124 @@
+"""What every notebook's setup cell calls: check parameters, load the config, open the run dir.
+
+Papermill injects any ``-p name value`` it is given without checking the name, so a typo
+(``-p epoch 3``) would run with defaults. ``setup`` rejects parameters a notebook does not take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import Config, load_config
+from .paths import resolve_path
+
+COMMON_PARAMS = ("config", "run_dir", "overrides")
+NOTEBOOK_PARAMS: dict[str, tuple[str, ...]] = {
+    "01_eda": COMMON_PARAMS,
+    "02_train": COMMON_PARAMS,
+    "03_error_analysis": COMMON_PARAMS,
+    "04_gradcam": COMMON_PARAMS,
+    "05_predict": COMMON_PARAMS + ("inputs",),
+    "06_compare": COMMON_PARAMS + ("runs",),
+}
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+class ParameterError(ValueError):
+    """A notebook received a parameter it does not take."""
+
+
+@dataclass
+class Run:
+    """A run as seen from one notebook: resolved config and the run directory."""
+
+    cfg: Config
+    dir: Path
+    config_path: Path
+    notebook: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run dir, parent folders created."""
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as JSON into the run dir (atomically) and return the path."""
+        p = self.path(name)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+        os.replace(tmp, p)
+        return p
+
+    def read_json(self, name: str) -> Optional[Any]:
+        """Read a JSON file from the run dir, None if absent."""
+        p = self.dir / name
+        return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def notebook_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The user-level names defined in a kernel namespace (i.e. the notebook's parameters)."""
+    out = {}
+    for name, value in namespace.items():
+        if name.startswith("_") or name in _IPYTHON_NAMES:
+            continue
+        if isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        out[name] = value
+    return out
+
+
+def check_parameters(notebook: str, params: dict[str, Any]) -> None:
+    """Raise ParameterError for parameters ``notebook`` does not take."""
+    allowed = NOTEBOOK_PARAMS.get(notebook, COMMON_PARAMS)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ParameterError(
+            f"{notebook}: unknown parameter(s) {', '.join(unknown)} (allowed: {', '.join(allowed)}); "
+            "set config values with overrides, e.g. -p overrides '[\"train.epochs=3\"]'"
+        )
+
+
+def setup(namespace: dict[str, Any], notebook: str) -> Run:
+    """Validate the parameters in ``namespace``, load the config and open the run dir."""
+    params = notebook_parameters(namespace)
+    check_parameters(notebook, params)
+    overrides = params.get("overrides") or []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    config_path = resolve_path(params.get("config", "configs/demo.yaml"))
+    cfg = load_config(config_path, overrides)
+    run_dir = resolve_path(params.get("run_dir") or f"outputs/{cfg.name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _configure_plots()
+    return Run(cfg=cfg, dir=run_dir, config_path=config_path, notebook=notebook, params=params)
+
+
+def _configure_plots() -> None:
+    """Consistent, compact figures in every report."""
+    try:
+        import matplotlib
+
+        matplotlib.rcParams.update({"figure.dpi": 90, "savefig.dpi": 90, "figure.max_open_warning": 0})
+    except ImportError:  # pragma: no cover
+        pass

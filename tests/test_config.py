@@ -1,0 +1,90 @@
+"""Config loading: strict keys and types, one-line errors naming file and key, typed overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxr_helpers.config import ConfigError, config_from_dict, load_config, parse_override, save_config
+from cxr_helpers.paths import project_root
+
+CONFIGS = sorted((project_root() / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.name
+    assert cfg.data.source in {"synthetic", "medmnist", "nih_cxr14", "folder", "csv"}
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    p = _write(tmp_path, "train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert str(p) in msg and "'train.epoch'" in msg and "epochs" in msg and "\n" not in msg
+
+
+def test_mistyped_value_names_expected_type(tmp_path):
+    p = _write(tmp_path, "train:\n  epochs: three\n")
+    with pytest.raises(ConfigError, match=r"key 'train.epochs' expects int, got str 'three'"):
+        load_config(p)
+    p = _write(tmp_path, "train:\n  pos_weight: 1\n")
+    with pytest.raises(ConfigError, match="expects bool"):
+        load_config(p)
+    p = _write(tmp_path, "data: 5\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(p)
+
+
+def test_overrides_are_type_checked(tmp_path):
+    p = _write(tmp_path, "name: x\n")
+    cfg = load_config(p, ["train.epochs=3", "model.arch=densenet121", "train.lr=1e-2", "train.grad_clip=1"])
+    assert (cfg.train.epochs, cfg.model.arch, cfg.train.lr, cfg.train.grad_clip) == (3, "densenet121", 0.01, 1.0)
+    assert isinstance(cfg.train.grad_clip, float)
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        load_config(p, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="expects int"):
+        load_config(p, ["train.epochs=3.5"])
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config(p, ["train.epochs"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(p, ["seed.x=1"])
+
+
+def test_mapping_overrides_merge_with_defaults(tmp_path):
+    p = _write(tmp_path, "name: x\n")
+    cfg = load_config(p, ["data.synthetic.prevalence.Nodule=0.3", "eval.targets.macro_auroc=0.86"])
+    assert cfg.data.synthetic.prevalence["Nodule"] == 0.3
+    assert "Cardiomegaly" in cfg.data.synthetic.prevalence
+    assert cfg.eval.targets == {"macro_auroc": 0.86}
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = _write(tmp_path, "train: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_roundtrip_resolved_config(tmp_path):
+    cfg = load_config(project_root() / "configs" / "demo.yaml", ["train.epochs=2"])
+    out = tmp_path / "config.yaml"
+    save_config(cfg, out)
+    again = load_config(out)
+    assert again == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=true") == ("a", True)
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("a=resnet18") == ("a", "resnet18")

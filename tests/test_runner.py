@@ -1,0 +1,126 @@
+"""`cxr run` contract: run dir layout, HTML reports, index pages, the failed-run contract, kernel pinning."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cxr_helpers import paths, runner
+from cxr_helpers.cli import main
+
+SETUP = 'from cxr_helpers.notebook import setup\nrun = setup(globals(), "{name}")'
+PARAMS = 'config = "configs/t.yaml"\nrun_dir = "outputs/t"\noverrides = []'
+
+
+def _notebook(path: Path, name: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(PARAMS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), params,
+                nbformat.v4.new_code_cell(SETUP.format(name=name)), nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "cxr", "display_name": "Python (cxr)", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A throwaway project root with three tiny notebooks; the second can be made to fail."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='t'\n")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    (tmp_path / "configs").mkdir()
+    _notebook(nbs / "01_first.ipynb", "01_first",
+              "import sys, json\n(run.dir / 'first.json').write_text(json.dumps({'exe': sys.executable}))\n"
+              "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]); plt.show()\nprint('hello from 01')")
+    _notebook(nbs / "02_second.ipynb", "02_second",
+              "if run.cfg.seed == 13:\n    raise ValueError('boom on purpose: seed 13')\nprint('second ok')")
+    _notebook(nbs / "03_third.ipynb", "03_third", "(run.dir / 'third.txt').write_text('ran')")
+    (tmp_path / "configs" / "t.yaml").write_text(
+        "name: t\nseed: 0\nnotebooks: [01_first, 02_second, 03_third]\n")
+    monkeypatch.setenv("CXR_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    paths.project_root.cache_clear()
+    yield tmp_path
+    paths.project_root.cache_clear()
+
+
+def test_run_writes_the_run_dir_contract(project):
+    result = runner.run("configs/t.yaml", progress=False, log=lambda *_: None)
+    rd = project / "outputs" / "t"
+    assert result.ok and result.run_dir == rd
+    for name in ("01_first", "02_second", "03_third"):
+        assert (rd / "notebooks" / f"{name}.ipynb").is_file()
+        html = (rd / "reports" / f"{name}.html").read_text()
+        assert "<html" in html and "cxr-toggle" in html
+    assert "data:image/png;base64" in (rd / "reports" / "01_first.html").read_text()
+    assert (rd / "config.yaml").is_file()
+    prov = json.loads((rd / "provenance.json").read_text())
+    assert set(prov["notebooks"]) == {"01_first", "02_second", "03_third"}
+    assert prov["packages"]["torch"] and prov["python"] and "commit" in prov["git"]
+    assert all(v["seconds"] > 0 for v in prov["notebooks"].values())
+    # the notebooks ran in this interpreter, not whatever owns a kernel named python3
+    assert json.loads((rd / "first.json").read_text())["exe"] == sys.executable
+    index = (rd / "index.html").read_text()
+    assert "reports/03_third.html" in index and "OK" in index
+    assert "t/index.html" in (project / "outputs" / "index.html").read_text()
+
+
+def test_failed_notebook_contract(project, capsys):
+    code = main(["run", "configs/t.yaml", "--set", "seed=13", "--no-progress"])
+    assert code == 1
+    rd = project / "outputs" / "t"
+    err = capsys.readouterr().err
+    assert "02_second" in err and "boom on purpose" in err
+    failed_html = (rd / "reports" / "02_second.html").read_text()
+    assert "boom on purpose" in failed_html  # the error is visible in the partial report
+    assert (rd / "notebooks" / "02_second.ipynb").is_file()
+    assert not (rd / "third.txt").exists()  # later notebooks are not run
+    status = json.loads((rd / "run_status.json").read_text())
+    assert status["status"] == "failed"
+    assert status["failure"] == {"notebook": "02_second", "error": "ValueError: boom on purpose: seed 13"}
+    assert [nb["status"] for nb in status["notebooks"]] == ["ok", "failed", "not run"]
+    for page in (rd / "index.html", project / "outputs" / "index.html"):
+        text = page.read_text()
+        assert "FAILED" in text and "boom on purpose" in text and "02_second" in text
+
+
+def test_only_reruns_a_subset(project):
+    runner.run("configs/t.yaml", progress=False, log=lambda *_: None)
+    (project / "outputs" / "t" / "third.txt").unlink()
+    result = runner.run("configs/t.yaml", only="03", progress=False, log=lambda *_: None)
+    assert result.ok and (project / "outputs" / "t" / "third.txt").is_file()
+    status = json.loads((project / "outputs" / "t" / "run_status.json").read_text())
+    assert [nb["status"] for nb in status["notebooks"]] == ["ok", "ok", "ok"]
+
+
+def test_out_and_hide_code(project):
+    result = runner.run("configs/t.yaml", out=str(project / "elsewhere" / "r1"), hide_code=True,
+                        progress=False, log=lambda *_: None)
+    html = (result.run_dir / "reports" / "01_first.html").read_text()
+    assert "cxr-toggle" not in html and "first.json" not in html  # code left out entirely
+    assert "elsewhere/r1/index.html" in (project / "outputs" / "index.html").read_text()
+
+
+def test_unknown_notebook_parameter_fails_clearly(project):
+    import papermill as pm
+
+    kernel = runner.kernel_for_this_python()
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        pm.execute_notebook(str(project / "notebooks" / "01_first.ipynb"), str(project / "o.ipynb"),
+                            parameters={"config": "configs/t.yaml", "run_dir": "outputs/x", "epochs": 3},
+                            kernel_name=kernel, cwd=str(project), progress_bar=False)
+    assert "unknown parameter(s) epochs" in info.value.evalue
+
+
+def test_bad_cli_arguments_give_one_line(project, capsys):
+    assert main(["run", "configs/t.yaml", "--set", "train.epoch=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.epoch" in err and "epochs" in err
+    assert main(["run", "configs/missing.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["run", "configs/t.yaml", "--only", "09"]) == 2
+    assert "no notebook matches 09" in capsys.readouterr().err
