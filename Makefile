@@ -28,7 +28,6 @@ lab: venv
 
 lint: venv
 	@$(BIN)/ruff check .
-	@$(BIN)/ruff format --check cxr_helpers tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -78,6 +78,7 @@ class PreparedData:
     synthetic: bool = False
     cache_dir: Optional[str] = None
     build_seconds: Optional[float] = None  # None when the cache was reused (no decoding)
+    load_seconds: Optional[float] = None  # time to open a reused cache
     duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["group", "image_id", "split"]))
     leakage: dict = field(default_factory=dict)
 

@@ -103,15 +103,28 @@ def setup(namespace: dict[str, Any], notebook: str) -> Run:
     """Validate the parameters in ``namespace``, load the config and open the run dir."""
     params = notebook_parameters(namespace)
     check_parameters(notebook, params)
-    overrides = params.get("overrides") or []
-    if isinstance(overrides, str):
-        overrides = [overrides]
+    overrides = _as_list(params.get("overrides"))
     config_path = resolve_path(params.get("config", "configs/demo.yaml"))
     cfg = load_config(config_path, overrides)
     run_dir = resolve_path(params.get("run_dir") or f"outputs/{cfg.name}")
     run_dir.mkdir(parents=True, exist_ok=True)
     _configure_plots()
     return Run(cfg=cfg, dir=run_dir, config_path=config_path, notebook=notebook, params=params)
+
+
+def _as_list(value: Any) -> list[str]:
+    """Overrides as a list: papermill's ``-p overrides '["a=1"]'`` arrives as a string."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        return [str(v) for v in parsed] if isinstance(parsed, list) else [value]
+    return [str(v) for v in value]
 
 
 def _configure_plots() -> None:
