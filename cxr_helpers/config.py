@@ -38,7 +38,7 @@ DEFAULT_PREVALENCE = {
 class SyntheticConfig:
     """Embedded synthetic CXR-like data (no download; exact lesion masks)."""
 
-    n_images: int = 1500  # total images, all splits
+    n_images: int = 2000  # total images, all splits
     max_followups: int = 3  # images per patient are drawn from 1..max_followups
     prevalence: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PREVALENCE))
     difficulty: float = 1.0  # >1 makes lesions fainter and smaller
@@ -48,6 +48,7 @@ class SyntheticConfig:
     confounder_rate_neg: float = 0.1  # P(device | no finding)
     side_marker: bool = True
     noise: float = 1.0  # scale of quantum/electronic noise
+    seed: Optional[int] = None  # generator seed; None = the run's seed
 
 
 @dataclass
@@ -152,7 +153,7 @@ class TrainConfig:
     resume: bool = False
     num_workers: Optional[int] = None  # DataLoader workers; None = sized from cores
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: Optional[int] = None  # torch CPU threads; None = cores available
+    threads: Optional[int] = None  # torch CPU threads; None = all cores when idle, 1 when the load is high
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -169,10 +170,11 @@ class EvalConfig:
     targets: dict[str, float] = field(default_factory=dict)  # e.g. {macro_auroc: 0.86}
     robustness: bool = True
     severities: int = 3  # graded severities per corruption
-    tta: list[str] = field(default_factory=lambda: ["shift", "scale"])  # flips/shifts/scales
+    tta: list[str] = field(default_factory=lambda: ["shift", "scale"])  # shift | scale | hflip views
     age_bands: list[int] = field(default_factory=lambda: [18, 40, 60, 80])
     gallery_size: int = 6
     batch_size: int = 128
+    max_images: Optional[int] = 500  # test images used by robustness and TTA (the rest uses all)
 
 
 @dataclass
@@ -185,11 +187,22 @@ class CamConfig:
     target_layer: Optional[str] = None  # dotted module path; None = chosen per model family
     aug_smooth: bool = False
     eigen_smooth: bool = False
-    max_images: int = 64  # images scored per class and method
+    max_images: int = 32  # positives scored per class (every method scores the same images)
     batch_size: int = 16
     iobb_thresholds: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5])
     faithfulness: bool = True
     gallery_size: int = 4
+    split: str = "test"  # split whose images are explained and scored
+    box_level: float = 0.5  # IoU/IoBB: map thresholded at this fraction of its max, peak region boxed
+    pointing_tolerance: float = 0.067  # pointing game slack, fraction of image side (Zhang et al.: 15 px at 224)
+    min_map_cells: int = 4  # automatic layer: deepest stage whose map has at least this many cells a side
+    random_seeds: int = 5  # random-map baseline averaged over this many seeds
+    faithfulness_images: int = 16  # (image, class) pairs scored by deletion/insertion per method
+    faithfulness_steps: int = 6  # deletion/insertion curve points (excluding 0)
+    road: bool = False  # also ROAD (pytorch-grad-cam; slower: a sparse solve per image and percentile)
+    compare_run: Optional[str] = None  # shortcut check: run dir / checkpoint of a model trained without the confounder
+    shortcut_epochs: int = 3  # shortcut check without compare_run: quick with/without models, epochs each
+    shortcut_max_train: int = 800  # ... and at most this many training images each
 
 
 @dataclass

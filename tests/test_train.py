@@ -1,0 +1,232 @@
+"""train(): determinism, resume, NaN stop, checkpoints, predictions, eval-only, inference, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cxr_helpers.train as train_mod
+from cxr_helpers.checkpoint import CheckpointError, load_checkpoint
+from cxr_helpers.inference import load_model, predict_probs
+from cxr_helpers.train import TrainingError, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_fixtures import tiny_config, tiny_prepared  # noqa: E402
+
+TIMING = ["epoch_seconds", "images_per_s"]
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_run_writes_history_checkpoints_and_predictions(tmp_path):
+    prepared = tiny_prepared()
+    res = train(tiny_config(epochs=2), tmp_path, prepared, progress=False)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["epoch"]) == [1, 2]
+    for col in [
+        "train_loss",
+        "val_loss",
+        "val_macro_auroc",
+        "val_auroc_C0",
+        "lr",
+        "epoch_seconds",
+        "images_per_s",
+    ]:
+        assert col in hist.columns
+    assert (tmp_path / "model" / "best.pt").is_file() and (tmp_path / "model" / "last.pt").is_file()
+    ck = load_checkpoint(tmp_path / "model" / "last.pt")
+    assert ck["classes"] == ["C0", "C1", "C2"] and ck["task"] == "multilabel" and ck["arch"] == "resnet18"
+    assert {"optimizer", "scheduler", "epoch", "history", "config"} <= set(ck)
+    val = pd.read_csv(tmp_path / "predictions" / "val.csv")
+    assert list(val.columns) == ["image_id", "patient_id", "y_C0", "y_C1", "y_C2", "p_C0", "p_C1", "p_C2"]
+    assert len(val) == len(prepared.split_index("val"))
+    assert val[["p_C0", "p_C1", "p_C2"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert set(val["image_id"]) == set(prepared.manifest.loc[prepared.split_index("val"), "image_id"])
+    assert (tmp_path / "predictions" / "test.csv").is_file()
+    summary = res.summary
+    assert summary["loss"] == "bce" and summary["loss_reason"] and summary["best_epoch"] in (1, 2)
+    assert (tmp_path / "train_summary.json").is_file()
+
+
+def test_same_seed_same_history_and_weights(tmp_path):
+    prepared = tiny_prepared()
+    a = train(tiny_config(epochs=2), tmp_path / "a", prepared, progress=False)
+    b = train(tiny_config(epochs=2), tmp_path / "b", prepared, progress=False)
+    pd.testing.assert_frame_equal(a.history.drop(columns=TIMING), b.history.drop(columns=TIMING))
+    wa, wb = _weights(tmp_path / "a/model/last.pt"), _weights(tmp_path / "b/model/last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    prepared = tiny_prepared()
+    full = train(tiny_config(epochs=3), tmp_path / "full", prepared, progress=False)
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, payload):
+        out = real_save(path, payload)
+        if Path(path).name == "last.pt" and payload["epoch"] == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+        return out
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(epochs=3), tmp_path / "cut", prepared, progress=False)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = train(tiny_config(epochs=3, resume=True), tmp_path / "cut", prepared, progress=False)
+    pd.testing.assert_frame_equal(full.history.drop(columns=TIMING), resumed.history.drop(columns=TIMING))
+    wf, wr = _weights(tmp_path / "full/model/last.pt"), _weights(tmp_path / "cut/model/last.pt")
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_build = train_mod.build_loss
+    n_train_batches = 3  # 57 train images, batch 16, drop_last
+
+    def poisoned(*args, **kw):
+        choice = real_build(*args, **kw)
+        inner, calls = choice.module, {"n": 0}
+
+        class Poison(torch.nn.Module):
+            def forward(self, logits, y):
+                calls["n"] += 1
+                loss = inner(logits, y)
+                return loss * float("nan") if calls["n"] > n_train_batches + 1 and self.training else loss
+
+        choice.module = Poison()
+        return choice
+
+    monkeypatch.setattr(train_mod, "build_loss", poisoned)
+    with pytest.raises(TrainingError) as err:
+        train(tiny_config(epochs=3), tmp_path, tiny_prepared(), progress=False)
+    msg = str(err.value)
+    assert "loss became nan at epoch 2" in msg and "last.pt" in msg and "\n" not in msg
+    assert load_checkpoint(tmp_path / "model" / "last.pt")["epoch"] == 1
+
+
+def test_corrupt_and_foreign_checkpoints_fail_in_one_line(tmp_path):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
+    (tmp_path / "model").mkdir()
+    with pytest.raises(CheckpointError, match="not a cxr checkpoint"):
+        load_model(foreign)
+    with pytest.raises(CheckpointError, match="no model/best.pt"):
+        load_model(tmp_path / "model")
+
+
+def test_multiclass_inference_matches_written_predictions_and_eval_only(tmp_path):
+    prepared = tiny_prepared(task="multiclass", n_classes=2)
+    cfg = tiny_config(epochs=1, scheduler="onecycle", label_smoothing=0.1, class_weights=True, ema=True)
+    res = train(cfg, tmp_path / "mc", prepared, progress=False)
+    assert res.summary["loss"] == "ce"
+    val = pd.read_csv(tmp_path / "mc/predictions/val.csv")
+    assert np.allclose(val[["p_C0", "p_C1"]].sum(axis=1), 1.0, atol=1e-5)
+    model, meta = load_model(tmp_path / "mc", "cpu")
+    rows = prepared.split_index("val")
+    probs = predict_probs(model, prepared.images[rows], meta, batch_size=7)
+    assert np.allclose(probs, val[["p_C0", "p_C1"]].to_numpy(), atol=1e-5)
+    assert predict_probs(model, prepared.images[rows], meta, tta=["shift"]).shape == (len(rows), 2)
+    # an external state dict evaluated without training (what 03/04/05 use)
+    ext = tmp_path / "external.pth"
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, ext)
+    cfg2 = tiny_config(epochs=5)
+    cfg2.model.checkpoint = str(ext)
+    out = train(cfg2, tmp_path / "ev", prepared, progress=False)
+    assert out.summary["evaluated_only"] and not (tmp_path / "ev/model/last.pt").exists()
+    ev = pd.read_csv(tmp_path / "ev/predictions/val.csv")
+    assert np.allclose(ev[["p_C0", "p_C1"]].to_numpy(), probs, atol=1e-5)
+
+
+def test_two_phase_freeze_and_plateau_run(tmp_path):
+    cfg = tiny_config(
+        epochs=2, freeze_epochs=1, finetune_lr_factor=0.1, scheduler="plateau", accum_steps=2, grad_clip=1.0
+    )
+    res = train(cfg, tmp_path, tiny_prepared(), progress=False)
+    lr = res.history["lr"].tolist()
+    assert lr[1] < lr[0]
+
+
+DDP_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from train_fixtures import tiny_config, tiny_prepared
+from cxr_helpers.train import train
+torch.set_num_threads(1)
+train(tiny_config(epochs=2), {out!r}, tiny_prepared(), progress=False)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ddp_gloo_under_torchrun(tmp_path, nproc):
+    """Under torchrun the DDP path runs even with one process (how a 1-GPU machine proves it)."""
+    script = tmp_path / "ddp_run.py"
+    out = tmp_path / "ddp"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ck = load_checkpoint(out / "model" / "last.pt")
+    assert ck["epoch"] == 2 and len(ck["history"]) == 2
+    hist = pd.read_csv(out / "history.csv")
+    assert len(hist) == 2 and hist["val_macro_auroc"].notna().all()
+    assert len(pd.read_csv(out / "predictions" / "val.csv")) == len(tiny_prepared().split_index("val"))
+    assert not list((out / "model").glob(".*tmp*"))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["distributed"] is True and summary["world_size"] == nproc and summary["backend"] == "gloo"
+
+
+@pytest.mark.slow
+def test_training_benchmarks_run_quick(tmp_path):
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    import baseline_vs_cxr
+    import train_throughput
+
+    assert (
+        train_throughput.main(
+            ["--quick", "--threads", "1", "--steps", "2", "--out", str(tmp_path / "tt.json")]
+        )
+        == 0
+    )
+    rows = json.loads((tmp_path / "tt.json").read_text())["rows"]
+    assert {r["mode"] for r in rows} == {"fp32", "bf16_cl"} and all(r["images_per_s"] > 0 for r in rows)
+    assert (
+        baseline_vs_cxr.main(["--quick", "--threads", "1", "--n", "32", "--out", str(tmp_path / "b.json")])
+        == 0
+    )
+    assert json.loads((tmp_path / "b.json").read_text())["summary"]["ratio_epoch2_on_median"] > 0
+
+
+def test_amp_auto_choices():
+    from cxr_helpers.config import ModelConfig
+    from cxr_helpers.models import create_model
+    from cxr_helpers.train import resolve_amp, resolve_channels_last, resolve_model_amp
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("off", cpu) is None and resolve_amp("bf16", cpu) == torch.bfloat16
+    with pytest.raises(TrainingError, match="fp16 autocast needs a GPU"):
+        resolve_amp("fp16", cpu)
+    effnet = create_model(ModelConfig(arch="efficientnet_b0"), 2)
+    assert resolve_model_amp("auto", cpu, effnet) is None
+    assert resolve_model_amp("bf16", cpu, effnet) == torch.bfloat16
+    assert (
+        resolve_channels_last("auto", cpu) is False
+        and resolve_channels_last("auto", torch.device("cuda")) is True
+    )
