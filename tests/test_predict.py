@@ -1,0 +1,490 @@
+"""Inference on new files (05_predict, ``cxr predict``): inputs, decision rules, the findings table,
+and a real round trip file -> read -> prepare -> predict through a saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_path
+from PIL import Image
+
+from cxr_helpers import predict as P
+from cxr_helpers import predict_report as R
+from cxr_helpers.config import Config, DataConfig
+from cxr_helpers.data_types import PreparedData
+
+CLASSES = ["Cardiomegaly", "Effusion", "Nodule"]
+
+
+def _png(path: Path, h: int = 90, w: int = 70, value: int | None = None) -> Path:
+    rng = np.random.default_rng(len(str(path)))
+    arr = rng.integers(0, 255, (h, w), dtype=np.uint8) if value is None else np.full((h, w), value, np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _bad_files(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    corrupt = folder / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    empty = folder / "empty.dcm"
+    empty.write_bytes(b"")
+    return [corrupt, empty]
+
+
+def _fake_predictor(
+    task: str = "multilabel", thresholds=None, temperatures=None, size: int = 32
+) -> P.Predictor:
+    c = len(CLASSES)
+    return P.Predictor(
+        model=None,
+        meta={"classes": CLASSES, "task": task},
+        classes=list(CLASSES),
+        task=task,
+        data=DataConfig(image_size=size, aspect="pad", clahe=False),
+        thresholds=np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, float),
+        threshold_source="test",
+        temperatures=None if temperatures is None else np.asarray(temperatures, float),
+        calibration_source="test",
+    )
+
+
+def _brightness_probs(model, images, meta, batch_size, device, tta=None):
+    """A fake model: class k's probability rises with mean brightness (deterministic, checkable)."""
+    m = images.reshape(len(images), -1).mean(axis=1) / 255.0
+    return np.stack([m, 1 - m, np.full_like(m, 0.3)], axis=1)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def test_collect_files_recurses_folders_and_lists_missing(tmp_path):
+    a = _png(tmp_path / "in" / "a.png")
+    b = _png(tmp_path / "in" / "sub" / "b.JPG")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    explicit = tmp_path / "scan_without_suffix"
+    explicit.write_bytes(b"whatever")
+    files, skipped = P.collect_files([tmp_path / "in", tmp_path / "nope.png", explicit, a])
+    assert [f.name for f in files] == ["a.png", "b.JPG", "scan_without_suffix"]  # a.png once
+    assert b.resolve() in files
+    assert list(skipped["reason"]) == ["not found"]
+    assert skipped["path"].iloc[0].endswith("nope.png")
+
+
+def test_resolve_inputs_prefers_parameter_then_config():
+    cfg = Config()
+    cfg.predict.inputs = ["from/config"]
+    assert P.resolve_inputs(["x.png"], cfg) == ["x.png"]
+    assert P.resolve_inputs("single.png", cfg) == ["single.png"]
+    assert P.resolve_inputs([], cfg) == ["from/config"]
+    assert P.resolve_inputs(None, Config()) == []
+
+
+def test_load_images_prepares_like_cache_and_skips_bad_files(tmp_path):
+    from cxr_helpers.cache import preprocess_image
+    from cxr_helpers.imageio import read_image
+
+    good = _png(tmp_path / "good.png", 120, 80)
+    bad = _bad_files(tmp_path)
+    data = DataConfig(image_size=32, aspect="pad")
+    images, kept, skipped = P.load_images([good, *bad], data)
+    assert images.shape == (1, 32, 32) and images.dtype == np.uint8
+    assert kept == [good]
+    np.testing.assert_array_equal(images[0], preprocess_image(read_image(good), data))
+    assert set(skipped["path"]) == {str(p) for p in bad}
+    assert all(isinstance(r, str) and r and "\n" not in r for r in skipped["reason"])
+
+
+def test_load_images_caps_at_max_images(tmp_path):
+    files = [_png(tmp_path / f"{i}.png") for i in range(3)]
+    images, kept, skipped = P.load_images(files, DataConfig(image_size=16), max_images=2)
+    assert len(images) == 2 and len(skipped) == 1
+    assert "max_images" in skipped["reason"].iloc[0]
+
+
+# ---------------------------------------------------------------- decision rules
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"Cardiomegaly": 0.2, "Effusion": 0.3, "Nodule": 0.4},
+        {"policy": "youden", "thresholds": {"Cardiomegaly": 0.2, "Effusion": 0.3, "Nodule": 0.4}},
+        {
+            "per_class": {
+                "Cardiomegaly": {"threshold": 0.2},
+                "Effusion": {"threshold": 0.3},
+                "Nodule": {"threshold": 0.4},
+            }
+        },
+    ],
+)
+def test_load_thresholds_reads_per_class_values(tmp_path, obj):
+    (tmp_path / "thresholds.json").write_text(json.dumps(obj))
+    thr, source, notes = P.load_thresholds(tmp_path, CLASSES)
+    np.testing.assert_allclose(thr, [0.2, 0.3, 0.4])
+    assert source.startswith("thresholds.json") and notes == []
+
+
+def test_thresholds_default_to_half_with_warning(tmp_path):
+    thr, source, notes = P.load_thresholds(tmp_path, CLASSES)
+    np.testing.assert_allclose(thr, 0.5)
+    assert "default 0.5" in source and "no thresholds.json" in notes[0]
+    (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": {"Effusion": 0.3}}))
+    thr, _, notes = P.load_thresholds(tmp_path, CLASSES)
+    np.testing.assert_allclose(thr, [0.5, 0.3, 0.5])
+    assert "Cardiomegaly" in notes[0] and "Nodule" in notes[0]
+
+
+def test_bad_json_is_one_line_error(tmp_path):
+    (tmp_path / "thresholds.json").write_text("{not json")
+    with pytest.raises(P.PredictError, match="thresholds.json"):
+        P.load_thresholds(tmp_path, CLASSES)
+
+
+def test_load_temperatures_scalar_per_class_and_absent(tmp_path):
+    temps, source = P.load_temperatures(tmp_path, CLASSES)
+    assert temps is None and "no calibration.json" in source
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
+    temps, source = P.load_temperatures(tmp_path, CLASSES)
+    np.testing.assert_allclose(temps, 2.0)
+    assert "temperature" in source
+    (tmp_path / "calibration.json").write_text(
+        json.dumps({"per_class": {"Cardiomegaly": {"temperature": 1.5}, "Effusion": 2.0, "Nodule": 0.5}})
+    )
+    temps, _ = P.load_temperatures(tmp_path, CLASSES)
+    np.testing.assert_allclose(temps, [1.5, 2.0, 0.5])
+
+
+def test_reads_files_written_by_03_writers(tmp_path):
+    from cxr_helpers.calibration import save_calibration
+    from cxr_helpers.thresholds import save_thresholds
+
+    save_thresholds(
+        tmp_path / "thresholds.json",
+        {"Cardiomegaly": 0.2, "Effusion": 0.3, "Nodule": 0.4},
+        "youden",
+        0.95,
+        "multilabel",
+    )
+    thr, source, notes = P.load_thresholds(tmp_path, CLASSES)
+    np.testing.assert_allclose(thr, [0.2, 0.3, 0.4])
+    assert "youden" in source and "val" in source and not notes
+    empty = pd.DataFrame(columns=["class", "ece", "brier"])
+    save_calibration(
+        tmp_path / "calibration.json",
+        {"temperature": np.array([1.5, 2.0, 0.5]), "before": empty, "after": empty},
+        CLASSES,
+        "multilabel",
+        10,
+    )
+    temps, source = P.load_temperatures(tmp_path, CLASSES)
+    np.testing.assert_allclose(temps, [1.5, 2.0, 0.5])
+    save_calibration(
+        tmp_path / "calibration.json",
+        {"temperature": np.array([3.0]), "before": empty, "after": empty},
+        CLASSES,
+        "multiclass",
+        10,
+    )
+    temps, source = P.load_temperatures(tmp_path, CLASSES)
+    np.testing.assert_allclose(temps, 3.0)
+    assert "one temperature" in source
+
+
+def test_apply_temperature_sigmoid_and_softmax():
+    p = np.array([[0.9, 0.1, 0.5]])
+    np.testing.assert_allclose(P.apply_temperature(p, np.ones(3), "multilabel"), p, atol=1e-6)
+    hot = P.apply_temperature(p, np.full(3, 2.0), "multilabel")
+    assert 0.5 < hot[0, 0] < 0.9 and 0.1 < hot[0, 1] < 0.5 and abs(hot[0, 2] - 0.5) < 1e-6
+    q = np.array([[0.7, 0.2, 0.1]])
+    soft = P.apply_temperature(q, np.full(3, 3.0), "multiclass")
+    assert soft.sum() == pytest.approx(1.0) and soft.argmax() == 0 and soft[0, 0] < 0.7
+    assert P.apply_temperature(q, None, "multiclass") is not None
+
+
+def test_findings_table_marks_positives_and_top():
+    probs = np.array([[0.9, 0.2, 0.35], [0.1, 0.2, 0.3]])
+    t = P.findings_table(["a/x.png", "b/y.dcm"], probs, CLASSES, "multilabel", np.array([0.5, 0.5, 0.3]))
+    assert list(t["image"]) == ["x.png", "y.dcm"]
+    assert list(t["pos_Cardiomegaly"]) == [True, False]
+    assert list(t["pos_Nodule"]) == [True, True]  # p >= threshold counts
+    assert list(t["findings"]) == ["Cardiomegaly|Nodule", "Nodule"]
+    assert list(t["top_finding"]) == ["Cardiomegaly", "Nodule"]
+    assert list(t["top_prob"]) == pytest.approx([0.9, 0.3])
+    assert "predicted" not in t
+    mc = P.findings_table(["z.png"], np.array([[0.2, 0.7, 0.1]]), CLASSES, "multiclass", np.full(3, 0.5))
+    assert mc["predicted"].iloc[0] == "Effusion"
+
+
+def test_cam_classes_positive_findings_or_top():
+    thr = np.array([0.5, 0.5, 0.5])
+    assert R.cam_classes(np.array([0.6, 0.9, 0.7]), thr, "multilabel", max_cams=2) == [1, 2]
+    assert R.cam_classes(np.array([0.1, 0.3, 0.2]), thr, "multilabel") == [1]
+    assert R.cam_classes(np.array([0.6, 0.3, 0.1]), thr, "multiclass") == [0]
+
+
+# ---------------------------------------------------------------- end to end with a fake model
+
+
+def test_predict_files_fake_model_calibrates_and_skips(tmp_path):
+    folder = tmp_path / "new"
+    _png(folder / "bright.png", value=230)
+    _png(folder / "dark.jpg", value=20)
+    R.write_dicom(np.full((50, 60), 128, np.uint8), folder / "mid.dcm")
+    bad = _bad_files(folder / "bad")
+    pred = _fake_predictor(temperatures=[2.0, 2.0, 2.0])
+    res = P.predict_files(pred, [folder, tmp_path / "missing.png"], probs_fn=_brightness_probs)
+    assert sorted(res.table["image"]) == ["bright.png", "dark.jpg", "mid.dcm"]
+    assert len(res.skipped) == 3 and {str(b) for b in bad} <= set(res.skipped["path"])
+    row = res.table.set_index("image").loc["bright.png"]
+    assert row["top_finding"] == "Cardiomegaly" and bool(row["pos_Cardiomegaly"])
+    i = res.files.index(next(f for f in res.files if f.name == "bright.png"))
+    assert res.raw_probs[i, 0] > res.probs[i, 0] > 0.5  # T = 2 pulls towards 0.5
+    assert res.images.shape == (3, 32, 32)
+
+
+def test_write_predictions_csv_and_summary(tmp_path, capsys):
+    _png(tmp_path / "in" / "a.png", value=200)
+    pred = _fake_predictor()
+    res = P.predict_files(pred, [tmp_path / "in", tmp_path / "gone.png"], probs_fn=_brightness_probs)
+    csv_path, json_path = P.write_predictions(res, pred, tmp_path)
+    assert csv_path == tmp_path / "predictions_new.csv"
+    back = pd.read_csv(csv_path)
+    assert list(back["image"]) == ["a.png"] and {"p_Cardiomegaly", "pos_Nodule", "top_finding"} <= set(back)
+    summary = json.loads(json_path.read_text())
+    assert summary["n_images"] == 1 and summary["n_skipped"] == 1
+    assert "not a diagnosis" in summary["note"]
+    assert summary["thresholds"] == {c: 0.5 for c in CLASSES}
+
+
+def test_empty_inputs_give_empty_table(tmp_path):
+    res = P.predict_files(_fake_predictor(), [tmp_path / "none.png"], probs_fn=_brightness_probs)
+    assert len(res.table) == 0 and res.probs.shape == (0, 3) and len(res.skipped) == 1
+
+
+def test_write_demo_inputs_round_trip(tmp_path):
+    from cxr_helpers.imageio import read_image
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"img/{i}" for i in range(6)],
+            "patient_id": list("aabbcc"),
+            "source": "synthetic",
+            "split": ["train", "train", "val", "test", "test", "test"],
+            **{c: 0 for c in CLASSES},
+        }
+    )
+    prepared = PreparedData(images=images, manifest=manifest, classes=CLASSES, task="multilabel")
+    paths = R.write_demo_inputs(prepared, tmp_path / "demo", n=2)
+    assert [p.suffix for p in paths] == [".png", ".png", ".dcm"]
+    np.testing.assert_array_equal(read_image(paths[0]), images[3])
+    np.testing.assert_array_equal(read_image(paths[1]), images[4])
+    np.testing.assert_array_equal(read_image(paths[2]), images[3])  # the DICOM copy
+    labels = R.demo_labels(tmp_path)
+    assert labels is None  # written under out_dir, not tmp_path/predict_inputs
+    prepared.manifest.loc[3, "Effusion"] = 1
+    R.write_demo_inputs(prepared, tmp_path / "predict_inputs", n=2)
+    labels = R.demo_labels(tmp_path)
+    assert list(labels["truth"]) == ["Effusion", "(none)", "Effusion"]
+    res = P.predict_files(_fake_predictor(), [tmp_path / "predict_inputs"], probs_fn=_brightness_probs)
+    shown = R.report_table(res, CLASSES, labels=labels)
+    assert shown.set_index("image").loc["test_img_3.dcm", "truth"] == "Effusion"
+
+
+def test_write_demo_inputs_copies_source_files(tmp_path):
+    from cxr_helpers.imageio import read_image
+
+    src = _png(tmp_path / "src" / "p1_a.png", 100, 80)
+    manifest = pd.DataFrame(
+        {
+            "image_id": ["p1_a.png", "gone"],
+            "patient_id": ["p1", "p2"],
+            "split": "test",
+            "source": "folder",
+            "path": [str(src), str(tmp_path / "gone.png")],
+            **{c: [1, 0] for c in CLASSES},
+        }
+    )
+    prepared = PreparedData(
+        images=np.zeros((2, 16, 16), np.uint8), manifest=manifest, classes=CLASSES, task="multilabel"
+    )
+    paths = R.write_demo_inputs(prepared, tmp_path / "demo", n=2)
+    assert [p.name for p in paths] == ["test_p1_a.png", "test_gone.png", "test_p1_a.dcm"]
+    np.testing.assert_array_equal(read_image(paths[0]), read_image(src))  # the original, not the cache
+    np.testing.assert_array_equal(read_image(paths[2]), read_image(src))
+    assert read_image(paths[1]).shape == (16, 16)  # missing source file: the cached image
+
+
+def test_plot_predictions_layout():
+    import matplotlib.pyplot as plt
+
+    from cxr_helpers.plots_predict import plot_predictions, plot_probability_overview
+
+    imgs = np.zeros((2, 16, 16), np.uint8)
+    probs = np.array([[0.9, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    cams = [[("Cardiomegaly", np.ones((16, 16)))], []]
+    fig = plot_predictions(imgs, probs, CLASSES, np.full(3, 0.5), ["a", "b"], cams=cams)
+    assert len(fig.axes) == 6  # 2 rows x (image, bars, one CAM)
+    assert fig.axes[2].get_title().endswith("Cardiomegaly")
+    plt.close(fig)
+    fig = plot_probability_overview(probs, CLASSES, np.full(3, 0.5))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- real checkpoint round trip
+
+
+def _tiny_run(tmp_path: Path, task: str = "multilabel", aspect: str = "pad") -> Path:
+    """A run dir with model/best.pt holding a tiny timm ResNet in the cxr checkpoint format."""
+    import timm
+    import torch
+
+    from cxr_helpers.checkpoint import save_checkpoint
+    from cxr_helpers.config import save_config
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.data.image_size = 32
+    cfg.data.aspect = aspect
+    cfg.data.task = task
+    cfg.data.classes = list(CLASSES)
+    cfg.model.arch = "test_resnet"
+    model = timm.create_model("test_resnet", num_classes=len(CLASSES), in_chans=1)
+    run = tmp_path / "run"
+    save_checkpoint(
+        run / "model" / "best.pt",
+        {
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            "classes": list(CLASSES),
+            "task": task,
+            "arch": "test_resnet",
+            "in_chans": 1,
+            "image_size": 32,
+            "mean": [0.449],
+            "std": [0.226],
+            "epoch": 1,
+        },
+    )
+    save_config(cfg, run / "config.yaml")
+    return run
+
+
+def _real_inputs(tmp_path: Path) -> tuple[Path, list[Path]]:
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "new"
+    _png(folder / "a.png", 200, 150)
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "rgb.jpeg")
+    ct = get_testdata_file("CT_small.dcm")  # 16-bit signed DICOM shipped with pydicom
+    (folder / "ct.dcm").write_bytes(Path(ct).read_bytes())
+    return folder, _bad_files(folder / "bad")
+
+
+def test_round_trip_real_checkpoint(tmp_path):
+    pytest.importorskip("cxr_helpers.inference")
+    run = _tiny_run(tmp_path)
+    folder, bad = _real_inputs(tmp_path)
+    (run / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.4 for c in CLASSES}}))
+    pred = P.load_predictor(run, device="cpu")
+    assert pred.classes == CLASSES and pred.image_size == 32 and pred.temperatures is None
+    np.testing.assert_allclose(pred.thresholds, 0.4)
+    res = P.predict_files(pred, [folder], batch_size=2)
+    assert sorted(res.table["image"]) == ["a.png", "ct.dcm", "rgb.jpeg"]
+    assert {str(b) for b in bad} == set(res.skipped["path"])
+    assert res.probs.shape == (3, 3) and np.all((res.probs >= 0) & (res.probs <= 1))
+    pos = res.table[[f"pos_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_array_equal(pos, res.probs >= 0.4)
+    cams, note = R.prediction_cams(pred, res, max_images=2)
+    assert cams is not None, note
+    assert len(cams) == 2 and cams[0][0][1].shape == (32, 32)
+
+
+@pytest.mark.filterwarnings("ignore:no thresholds.json")
+def test_checkpoint_preparation_wins_and_cam_input_matches_inference(tmp_path):
+    import torch
+
+    from cxr_helpers.inference import predict_logits
+
+    run = _tiny_run(tmp_path, aspect="crop")
+    pred = P.load_predictor(run, Config(), device="cpu")  # current config says pad, 64 px
+    assert (pred.data.aspect, pred.data.image_size) == ("crop", 32)
+    imgs = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        ours = pred.model(R._model_preprocess(pred)(imgs)).numpy()
+    np.testing.assert_allclose(ours, predict_logits(pred.model, imgs, pred.meta), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:no thresholds.json")
+def test_round_trip_shared_dicoms(tmp_path, shared_data):
+    pytest.importorskip("cxr_helpers.inference")
+    mono2 = shared_path(shared_data, "dicom/siim_example_monochrome2.dcm")
+    mono1 = shared_path(shared_data, "dicom/example_monochrome1.dcm")
+    run = _tiny_run(tmp_path)
+    pred = P.load_predictor(run, device="cpu")
+    res = P.predict_files(pred, [mono2, mono1])
+    assert len(res.table) == 2, res.skipped
+    # MONOCHROME1 is the negative of MONOCHROME2: the prepared images must differ accordingly
+    assert abs(int(res.images[0].astype(int).mean()) + int(res.images[1].astype(int).mean()) - 255) < 20
+
+
+def test_predict_cli_writes_csv(tmp_path, capsys):
+    pytest.importorskip("cxr_helpers.inference")
+    run = _tiny_run(tmp_path)
+    folder, _ = _real_inputs(tmp_path)
+    table = P.predict_cli(run, [str(folder)])
+    out = capsys.readouterr().out
+    assert len(table) == 3
+    assert (run / "predictions_new.csv").is_file() and (run / "predictions_new.json").is_file()
+    assert "default 0.5" in out and "warning: no thresholds.json" in out
+    assert "skipped:" in out and "not a diagnosis" in out
+    other = tmp_path / "elsewhere" / "p.csv"
+    P.predict_cli(run, [str(folder / "a.png")], out_csv=other)
+    assert len(pd.read_csv(other)) == 1
+
+
+def test_predict_cli_errors_are_one_line(tmp_path):
+    with pytest.raises(P.PredictError, match="run dir not found"):
+        P.predict_cli(tmp_path / "nope", ["x.png"])
+    with pytest.raises(P.PredictError, match="no inputs"):
+        P.predict_cli(tmp_path, [])
+
+
+@pytest.mark.filterwarnings("ignore:no thresholds.json")
+def test_multiclass_round_trip_with_calibration(tmp_path):
+    pytest.importorskip("cxr_helpers.inference")
+    run = _tiny_run(tmp_path, task="multiclass")
+    (run / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 4.0}))
+    folder, _ = _real_inputs(tmp_path)
+    pred = P.load_predictor(run, device="cpu")
+    res = P.predict_files(pred, [folder])
+    np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(res.probs.argmax(1), res.raw_probs.argmax(1))
+    assert np.all(res.probs.max(1) <= res.raw_probs.max(1) + 1e-9)  # T > 1 softens
+    assert list(res.table["predicted"]) == [CLASSES[k] for k in res.probs.argmax(1)]
+
+
+@pytest.mark.filterwarnings("ignore:no thresholds.json")
+def test_file_round_trip_reproduces_in_memory_predictions(tmp_path):
+    """A cached image written to PNG and DICOM, then read, prepared and predicted from the file,
+    scores exactly what the model gives the in-memory array (the predictions 02/03 wrote)."""
+    pytest.importorskip("cxr_helpers.inference")
+    from cxr_helpers.inference import predict_probs
+
+    run = _tiny_run(tmp_path)
+    pred = P.load_predictor(run, device="cpu")
+    imgs = np.random.default_rng(3).integers(0, 255, (2, 32, 32), dtype=np.uint8)
+    Image.fromarray(imgs[0]).save(tmp_path / "a.png")
+    R.write_dicom(imgs[1], tmp_path / "b.dcm")
+    res = P.predict_files(pred, [tmp_path / "a.png", tmp_path / "b.dcm"])
+    np.testing.assert_array_equal(res.images, imgs)
+    np.testing.assert_allclose(res.probs, predict_probs(pred.model, imgs, pred.meta), atol=1e-6)
