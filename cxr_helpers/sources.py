@@ -107,6 +107,23 @@ def subset(sd: SourceData, keep: np.ndarray) -> SourceData:
     return sd
 
 
+def remap_mask_bits(masks: np.ndarray, old: list[str], new: list[str]) -> np.ndarray:
+    """Class bitmasks re-indexed from class order ``old`` to ``new`` (a subset/reorder).
+
+    Bits above the class bits (e.g. the synthetic device object at bit ``len(classes)``) keep
+    their position relative to the last class bit.
+    """
+    out = np.zeros_like(masks)
+    for j, cls in enumerate(new):
+        out |= ((masks >> old.index(cls)) & 1).astype(masks.dtype) << j
+    n_extra = masks.dtype.itemsize * 8 - len(old)
+    for e in range(max(0, n_extra)):
+        bit = (masks >> (len(old) + e)) & 1
+        if bit.any():
+            out |= bit.astype(masks.dtype) << (len(new) + e)
+    return out
+
+
 def _apply_classes(sd: SourceData, cfg: Config) -> SourceData:
     wanted = cfg.data.classes
     if wanted:
@@ -127,6 +144,8 @@ def _apply_classes(sd: SourceData, cfg: Config) -> SourceData:
             sd.manifest = sd.manifest.drop(columns=dropped)
             if len(sd.boxes):
                 sd.boxes = sd.boxes[sd.boxes["label"].isin(wanted)].reset_index(drop=True)
+        if sd.masks is not None:
+            sd.masks = remap_mask_bits(sd.masks, sd.classes, list(wanted))
         sd.classes = list(wanted)
         rest = [c for c in sd.manifest.columns if c not in sd.classes]
         base = [c for c in rest if c in ("image_id", "patient_id", "split", "source")]

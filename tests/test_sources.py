@@ -396,3 +396,24 @@ def test_folder_without_pattern_reports_patient_level_unchecked(shared_data):
     sd = load_source(_cfg("folder", shared_path(shared_data, "kermany_224")))
     assert (sd.manifest["patient_id"] == sd.manifest["image_id"]).all()
     assert not sd.leakage["patient_level"] and "cannot be checked" in sd.notes[-1]
+
+
+def test_class_subset_remaps_synthetic_mask_bits():
+    """data.classes reorders/subsets classes: mask bits (and the device bit above them) follow."""
+    from cxr_helpers.config import load_config
+    from cxr_helpers.paths import project_root
+    from cxr_helpers.sources import load_source
+
+    base = ["data.synthetic.n_images=120", "data.image_size=32", "data.synthetic.confounder=true"]
+    full = load_source(load_config(project_root() / "configs" / "demo.yaml", base))
+    sub = load_source(load_config(project_root() / "configs" / "demo.yaml",
+                                  base + ["data.classes=[Nodule, Cardiomegaly]"]))
+    assert sub.classes == ["Nodule", "Cardiomegaly"]
+    by_id = {i: k for k, i in enumerate(full.manifest["image_id"])}
+    for row, image_id in enumerate(sub.manifest["image_id"]):
+        f = by_id[image_id]
+        for j, cls in enumerate(sub.classes):
+            k = full.classes.index(cls)
+            assert np.array_equal((sub.masks[row] >> j) & 1, (full.masks[f] >> k) & 1)
+        device_full = (full.masks[f] >> len(full.classes)) & 1
+        assert np.array_equal((sub.masks[row] >> len(sub.classes)) & 1, device_full)
