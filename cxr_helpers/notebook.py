@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -103,6 +104,8 @@ def setup(namespace: dict[str, Any], notebook: str) -> Run:
     """Validate the parameters in ``namespace``, load the config and open the run dir."""
     params = notebook_parameters(namespace)
     check_parameters(notebook, params)
+    # without ipywidgets tqdm.auto falls back to text bars; its warning would sit in every report
+    warnings.filterwarnings("ignore", message=".*IProgress not found.*")
     overrides = _as_list(params.get("overrides"))
     config_path = resolve_path(params.get("config", "configs/demo.yaml"))
     cfg = load_config(config_path, overrides)

@@ -65,7 +65,8 @@ def kernel_for_this_python() -> str:
     kdir = base / "kernels" / KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],  # no start-up chatter in the terminal
         "display_name": "Python (cxr run)",
         "language": "python",
         "env": {"CXR_ROOT": str(project_root()), "PYTHONUNBUFFERED": "1"},

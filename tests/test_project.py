@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
 from cxr_helpers.notebook import NOTEBOOK_PARAMS, notebook_parameters
