@@ -25,7 +25,9 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -41,6 +43,7 @@ from .paths import resolve_path
 CACHE_VERSION = 1  # bump when the preprocessing code changes what it writes
 COMPLETE_MARKER = "COMPLETE"
 ASPECTS = ("pad", "crop", "stretch")
+_CHUNK_TIMEOUT_S = float(os.environ.get("CXR_DECODE_TIMEOUT", 300))  # one chunk (<= 32 files)
 _IN_PROCESS_BELOW = 48  # file sources smaller than this are decoded without a process pool
 
 
@@ -147,7 +150,8 @@ _WORKER: dict = {}
 
 
 def _worker_init(out_path: str, size: int, aspect: str, clahe: bool) -> None:
-    cv2.setNumThreads(1)
+    # no cv2.setNumThreads here: in a forked child it waits forever on the parent's OpenCV pool
+    # threads, which were not copied; the parent drops OpenCV to one thread before forking.
     _WORKER.update(out=np.load(out_path, mmap_mode="r+"), size=size, aspect=aspect, clahe=clahe)
 
 
@@ -197,7 +201,6 @@ def decode_files(
     Returns ``sizes``: (N, 2) int source (h, w) (0 where unreadable) and ``errors``: one string
     per path ("" when it was read).
     """
-    import warnings
 
     with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns and falls back to text
         warnings.simplefilter("ignore")
@@ -209,8 +212,9 @@ def decode_files(
     items = list(enumerate(paths))
     bar = tqdm(total=n, desc="prepare cache", unit="img", disable=not progress, mininterval=2.0)
     workers = min(workers, max(1, n))
+    threads = cv2.getNumThreads()
     if workers <= 1 or n < _IN_PROCESS_BELOW:
-        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
         _worker_init(str(out_path), size, aspect, clahe)
         try:
             step = 32
@@ -225,6 +229,7 @@ def decode_files(
             bar.close()
         return sizes, errors
     chunk = max(1, min(32, n // (workers * 32)))  # small chunks: little idle tail at the end
+    cv2.setNumThreads(1)  # before fork: children inherit a single-threaded OpenCV (see _worker_init)
     chunks = [items[i : i + chunk] for i in range(0, n, chunk)]
     pool = ProcessPoolExecutor(
         workers,
@@ -232,18 +237,50 @@ def decode_files(
         initializer=_worker_init,
         initargs=(str(out_path), size, aspect, clahe),
     )
+    futures = [pool.submit(_worker_chunk, c) for c in chunks]
+    stalled_from = None
     try:
-        for res in pool.map(_worker_chunk, chunks):
+        for k, fut in enumerate(futures):
+            try:
+                res = fut.result(timeout=_CHUNK_TIMEOUT_S)
+            except FuturesTimeout:
+                stalled_from = k
+                break
             for row, h, w, err in res:
                 sizes[row], errors[row] = (h, w), err
             bar.update(len(res))
     except BaseException:  # Ctrl-C or a dead worker: stop at once, do not finish queued chunks
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
+        _kill_pool(pool)
         bar.close()
-    pool.shutdown(wait=True)
+        cv2.setNumThreads(threads)
+        raise
+    if stalled_from is not None:  # a worker stopped answering: finish in this process, never hang
+        _kill_pool(pool)
+        warnings.warn(f"cache build: decode workers stalled for {_CHUNK_TIMEOUT_S:.0f} s; "
+                      "finishing in one process (set data.num_workers: 1 to skip the pool)", stacklevel=2)
+        _worker_init(str(out_path), size, aspect, clahe)
+        try:
+            for c in chunks[stalled_from:]:
+                for row, h, w, err in _worker_chunk(c):
+                    sizes[row], errors[row] = (h, w), err
+                bar.update(len(c))
+            _WORKER["out"].flush()
+        finally:
+            _WORKER.clear()
+    else:
+        pool.shutdown(wait=True)
+    bar.close()
+    cv2.setNumThreads(threads)
     return sizes, errors
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a process pool now: cancel queued work and kill its workers (they may be stuck)."""
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
 
 
 def _resize_in_memory(

@@ -318,3 +318,79 @@ def test_nih_boxes_survive_preparation_and_second_run_skips_decoding(
         print(
             f"\nNIH 1534 images @128: built in {first.build_seconds:.2f} s, reused in {second.load_seconds:.3f} s (no decoding)"
         )
+
+
+FORK_AFTER_THREADS = """
+import sys, numpy as np, cv2, torch
+from PIL import Image
+from pathlib import Path
+from cxr_helpers.cache import decode_files
+d = Path(sys.argv[1])
+cv2.setNumThreads(2)
+for _ in range(5):  # OpenCV's and torch's thread pools are running in this (parent) process
+    cv2.resize(np.zeros((2048, 2048), np.uint8), (1500, 1500))
+    torch.randn(512, 512) @ torch.randn(512, 512)
+paths = []
+for i in range(64):
+    p = d / f"{i}.png"
+    Image.fromarray(np.full((40, 30), i, np.uint8)).save(p)
+    paths.append(str(p))
+out = d / "out.npy"
+np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(64, 16, 16))
+sizes, errors = decode_files(paths, out, 16, "pad", False, workers=2, progress=False)
+assert not any(errors) and (sizes == (40, 30)).all()
+print("ok", cv2.getNumThreads())
+"""
+
+
+def test_pool_build_after_threaded_work_in_parent_does_not_hang(tmp_path):
+    """Regression: forked decode workers hung in cv2.setNumThreads after OpenCV/torch threads ran."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_after_threads.py"
+    script.write_text(FORK_AFTER_THREADS)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ok", "2"]  # OpenCV threads restored in the parent
+
+
+_PARENT = {}
+
+
+def _stuck_in_children(items):
+    """Picklable stand-in for cache._worker_chunk that never answers in a pool worker."""
+    import os
+    import time
+
+    if os.getpid() != _PARENT["pid"]:
+        time.sleep(60)
+    return _PARENT["original"](items)
+
+
+def test_stalled_decode_workers_fall_back_in_process(tmp_path, monkeypatch):
+    """A worker that stops answering never hangs a build: it is killed and decoding finishes here."""
+    import os
+    import time
+
+    from PIL import Image
+
+    import cxr_helpers.cache as cache_mod
+
+    _PARENT.update(pid=os.getpid(), original=cache_mod._worker_chunk)
+    monkeypatch.setattr(cache_mod, "_worker_chunk", _stuck_in_children)
+    monkeypatch.setattr(cache_mod, "_CHUNK_TIMEOUT_S", 2.0)
+    paths = []
+    for i in range(64):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((20, 10), i, np.uint8)).save(p)
+        paths.append(str(p))
+    out = tmp_path / "out.npy"
+    np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(64, 8, 8))
+    t0 = time.perf_counter()
+    with pytest.warns(UserWarning, match="stalled"):
+        sizes, errors = cache_mod.decode_files(paths, out, 8, "stretch", False, workers=2, progress=False)
+    assert time.perf_counter() - t0 < 30
+    assert not any(errors) and (sizes == (20, 10)).all()
+    assert np.load(out)[:, 0, 0].tolist() == list(range(64))
