@@ -127,3 +127,18 @@ def test_real_data_eda_report(config, shared_data, tmp_path):
     assert "data:image/png;base64" in html
     summary = json.loads((result.run_dir / "eda_summary.json").read_text())
     assert summary["n_images"] > 0
+
+
+def test_nih_gradcam_scores_boxes(shared_data, tmp_path):
+    """04 on the real NIH images: boxes outlined and localization scored against them (tiny model)."""
+    result = runner.run(
+        "configs/nih_cxr14.yaml", only="02,04", out=str(tmp_path / "nih"), progress=False, log=lambda *_: None,
+        overrides=[f"data.cache_dir={tmp_path / 'cache'}", "data.image_size=64", "model.arch=resnet18",
+                   "train.epochs=1", "train.batch_size=32", "cam.max_images=4",
+                   "cam.methods=[gradcam]", "cam.faithfulness=false", "cam.gallery_size=2"],
+    )
+    assert result.ok, f"{result.failed_notebook}: {result.error}"
+    cam = json.loads((result.run_dir / "cam_metrics.json").read_text())
+    assert "trained on nih_cxr14" in cam["summary"]  # the score states what the model learned from
+    assert "vs random maps" in cam["summary"] and "positives with boxes" in cam["summary"]
+    assert "data:image/png;base64" in _report(result.run_dir, "04_gradcam")
