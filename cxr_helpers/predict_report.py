@@ -7,7 +7,6 @@ path needs neither matplotlib nor pytorch-grad-cam.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -130,27 +129,6 @@ def cam_classes(probs: np.ndarray, thresholds: np.ndarray, task: str, max_cams: 
     return order[:max_cams] if order else [int(probs.argmax())]
 
 
-def _model_preprocess(predictor: Predictor) -> Callable[[np.ndarray], Any]:
-    """uint8 (B, S, S) -> float (B, in_chans, S, S) model input, normalised with the checkpoint's
-    per-channel mean/std (the arithmetic of ``inference.predict_logits``)."""
-    import torch
-
-    in_chans = int(_meta_get(predictor.meta, "in_chans") or 1)
-    mean, std = _meta_get(predictor.meta, "mean"), _meta_get(predictor.meta, "std")
-    if mean is None or std is None:
-        from .models import model_norm
-
-        mean, std = model_norm(predictor.model, in_chans)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def preprocess(images: np.ndarray) -> Any:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0)[:, None]
-        return (x.expand(-1, in_chans, -1, -1) - m) / s
-
-    return preprocess
-
-
 def prediction_cams(
     predictor: Predictor,
     result: PredictionResult,
@@ -169,7 +147,7 @@ def prediction_cams(
     if n == 0:
         return None, "no images to explain"
     try:
-        from .cam import METHOD_LABELS, compute_cams
+        from .cam import METHOD_LABELS, compute_cams, preprocess_from_meta
     except ImportError as exc:
         return None, f"Grad-CAM unavailable ({_one_line(exc)})"
     pairs = [
@@ -185,7 +163,7 @@ def prediction_cams(
             result.images[idx_img],
             idx_cls,
             method=method,
-            preprocess=_model_preprocess(predictor),
+            preprocess=preprocess_from_meta(predictor.meta, predictor.model),
             target_layer=target_layer,
         )
     except Exception as exc:  # a report without overlays beats no report

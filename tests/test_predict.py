@@ -413,6 +413,7 @@ def test_round_trip_real_checkpoint(tmp_path):
 def test_checkpoint_preparation_wins_and_cam_input_matches_inference(tmp_path):
     import torch
 
+    from cxr_helpers.cam import preprocess_from_meta
     from cxr_helpers.inference import predict_logits
 
     run = _tiny_run(tmp_path, aspect="crop")
@@ -420,7 +421,7 @@ def test_checkpoint_preparation_wins_and_cam_input_matches_inference(tmp_path):
     assert (pred.data.aspect, pred.data.image_size) == ("crop", 32)
     imgs = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
     with torch.no_grad():
-        ours = pred.model(R._model_preprocess(pred)(imgs)).numpy()
+        ours = pred.model(preprocess_from_meta(pred.meta, pred.model)(imgs)).numpy()
     np.testing.assert_allclose(ours, predict_logits(pred.model, imgs, pred.meta), rtol=1e-3, atol=1e-3)
 
 
