@@ -78,11 +78,16 @@ def headline_metrics(run_dir: Path) -> list[tuple[str, str]]:
     eda = _read_json(run_dir / "eda_summary.json") or {}
     if eda.get("n_images") is not None:
         out.append(("Images (train/val/test)", _split_counts(eda)))
+        if eda.get("n_skipped") or eda.get("n_missing"):
+            out.append(("Skipped / missing files", f"{eda.get('n_skipped', 0)} / {eda.get('n_missing', 0)}"))
+        leak = eda.get("leakage")
+        if leak not in (None, "ok", True):
+            out.append(("Leakage check", str(leak)))
     return out
 
 
 def _split_counts(eda: dict) -> str:
-    per = eda.get("split_counts") or {}
+    per = eda.get("split_sizes") or {}
     parts = [str(per.get(s, "?")) for s in ("train", "val", "test")] if per else []
     return f"{eda['n_images']}" + (f" ({' / '.join(parts)})" if parts else "")
 

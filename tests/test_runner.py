@@ -124,3 +124,20 @@ def test_bad_cli_arguments_give_one_line(project, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["run", "configs/t.yaml", "--only", "09"]) == 2
     assert "no notebook matches 09" in capsys.readouterr().err
+
+
+def test_headline_metrics_read_the_result_files(tmp_path):
+    from cxr_helpers.index_pages import headline_metrics
+
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"macro_auroc": {"value": 0.912, "ci_low": 0.9, "ci_high": 0.93}}))
+    (tmp_path / "eda_summary.json").write_text(json.dumps(
+        {"n_images": 10, "split_sizes": {"train": 6, "val": 2, "test": 2}, "n_skipped": 1, "n_missing": 3,
+         "leakage": "warning"}))
+    (tmp_path / "cam_metrics.json").write_text(json.dumps({"summary": "pointing game 0.4 vs 0.1"}))
+    heads = dict(headline_metrics(tmp_path))
+    assert heads["Test macro AUROC"] == "0.912 (95% CI 0.900–0.930)"
+    assert heads["Images (train/val/test)"] == "10 (6 / 2 / 2)"
+    assert heads["Skipped / missing files"] == "1 / 3"
+    assert heads["Leakage check"] == "warning"
+    assert heads["Grad-CAM"] == "pointing game 0.4 vs 0.1"
