@@ -1,0 +1,40 @@
+"""The benchmark scripts keep working: each runs in its --quick mode and writes its JSON.
+
+(The data-pipeline and training benchmarks are run quick in test_bench_data_pipeline.py and
+test_train.py.) Speed itself is measured by the scripts, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cxr_helpers.paths import project_root
+
+ROOT = project_root()
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_synthetic_speed_quick(tmp_path):
+    out = tmp_path / "s.json"
+    proc = _run("synthetic_speed.py", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert rows and all(r["images_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_demo_budget_quick(tmp_path):
+    out = tmp_path / "d.json"
+    proc = _run("demo_budget.py", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["median_seconds"]) >= {"01_eda", "02_train"}
+    assert result["total_median_seconds"] > 0 and "budget 240 s" in proc.stdout
