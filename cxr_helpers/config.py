@@ -301,6 +301,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if tp is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads on/off (and yes/no) as booleans
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where} expects bool (true/false), got {type(value).__name__} {value!r}")
     if tp is int and isinstance(value, bool):

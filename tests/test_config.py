@@ -88,3 +88,11 @@ def test_parse_override_values():
     assert parse_override("a=true") == ("a", True)
     assert parse_override("a=null") == ("a", None)
     assert parse_override("a=resnet18") == ("a", "resnet18")
+
+
+def test_on_off_strings_survive_yaml(tmp_path):
+    """YAML reads on/off as booleans; string keys documented as on|off must still accept them."""
+    p = _write(tmp_path, "train:\n  channels_last: on\n  amp: off\n")
+    cfg = load_config(p, ["train.compile=true"])
+    assert (cfg.train.channels_last, cfg.train.amp, cfg.train.compile) == ("on", "off", True)
+    assert load_config(p, ["train.channels_last=off"]).train.channels_last == "off"
