@@ -118,8 +118,12 @@ def run(config: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), 
     (run_dir / "notebooks").mkdir(exist_ok=True)
     (run_dir / "reports").mkdir(exist_ok=True)
     resolved = run_dir / "config.yaml"
-    if only and resolved.is_file() and not overrides and config_path != resolved:
-        log(f"--only: re-running against the existing run dir {run_dir}")
+    if only and resolved.is_file():
+        # the run dir's config.yaml is what its model was trained with: keep it (plus any --set)
+        cfg = load_config(resolved, list(overrides))
+        names = select_notebooks(cfg, only)
+        log(f"--only {only}: using {resolved} (what this run ran with)"
+            + (f" with {len(overrides)} override(s)" if overrides else ""))
     save_config(cfg, resolved)
     if hide_code is None:
         hide_code = cfg.report.hide_code
@@ -129,7 +133,7 @@ def run(config: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), 
     prov = provenance.collect(cfg.seed)
     prov["started"] = provenance.now_iso()
     prov["config"] = str(config_path)
-    prov["overrides"] = list(overrides)
+    prov["overrides"] = list(old_prov.get("overrides", [])) + list(overrides) if only else list(overrides)
     prov["notebooks"] = old_prov.get("notebooks", {}) if only else {}
 
     old_status = json.loads((run_dir / index_pages.STATUS_FILE).read_text()) \

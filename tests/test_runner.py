@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from cxr_helpers import paths, runner
 from cxr_helpers.cli import main
@@ -89,10 +90,15 @@ def test_failed_notebook_contract(project, capsys):
 
 
 def test_only_reruns_a_subset(project):
-    runner.run("configs/t.yaml", progress=False, log=lambda *_: None)
+    runner.run("configs/t.yaml", overrides=["train.epochs=2"], progress=False, log=lambda *_: None)
     (project / "outputs" / "t" / "third.txt").unlink()
     result = runner.run("configs/t.yaml", only="03", progress=False, log=lambda *_: None)
     assert result.ok and (project / "outputs" / "t" / "third.txt").is_file()
+    # the run keeps the config it ran with (its overrides), not the plain file named again
+    resolved = yaml.safe_load((project / "outputs" / "t" / "config.yaml").read_text())
+    assert resolved["train"]["epochs"] == 2
+    prov = json.loads((project / "outputs" / "t" / "provenance.json").read_text())
+    assert prov["overrides"] == ["train.epochs=2"]
     status = json.loads((project / "outputs" / "t" / "run_status.json").read_text())
     assert [nb["status"] for nb in status["notebooks"]] == ["ok", "ok", "ok"]
 
