@@ -268,8 +268,10 @@ def probabilities(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """(len(rows), C) probabilities for choosing gallery cases, per-class thresholds, and a note on both.
 
-    Uses ``predictions/<split>.csv`` written by training (calibrated by 03 where it calibrates) when it
-    covers every row, else runs the model; thresholds from ``thresholds.json`` (03), else 0.5.
+    Uses ``predictions/<split>.csv`` written by training (raw model outputs) when it covers every
+    row, else runs the model; then applies 03's temperature (``calibration.json``) when 03 applied
+    it, because 03 fits ``thresholds.json`` on those calibrated validation probabilities; thresholds
+    from ``thresholds.json``, else 0.5.
     """
     classes = data.classes
     notes = []
@@ -290,6 +292,12 @@ def probabilities(
             model, np.asarray(data.images[rows]), {**meta, "amp": None}, batch_size=batch_size, device=dev
         )
         notes.append("probabilities from the model (no usable predictions file)")
+    from .predict import apply_temperature, load_temperatures
+
+    temps, cal_note = load_temperatures(Path(run_dir), classes)
+    if temps is not None:
+        probs = apply_temperature(probs, temps, data.task)
+    notes.append(f"calibration: {cal_note}")
     try:
         from .predict import load_thresholds
 

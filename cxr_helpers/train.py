@@ -142,6 +142,26 @@ def default_threads(device: torch.device) -> int:
     return max(1, cores_available())
 
 
+# Files fitted on (or describing) a trained model; a new training run makes them stale.
+DOWNSTREAM_FILES = ("thresholds.json", "calibration.json", "metrics.json", "report.md", "cam_metrics.json",
+                    "predictions_new.csv", "predictions_new.json")
+
+
+def clear_downstream(run_dir: Path) -> list[str]:
+    """Remove results of the previous model (thresholds, calibration, metrics, CAM scores) from a run dir.
+
+    Without this, ``cxr predict`` and 05 would apply thresholds and temperatures fitted on the old
+    model to the new one, and the index page would show the old model's metrics.
+    """
+    removed = []
+    for name in DOWNSTREAM_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -444,6 +464,7 @@ def train(
         torch.set_num_threads(max(1, default_threads(device) // world))
     if is_main:
         (run_dir / "model").mkdir(parents=True, exist_ok=True)
+        clear_downstream(run_dir)
 
     if prepared is None:
         from .cache import prepare

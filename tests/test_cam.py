@@ -254,3 +254,28 @@ def test_quick_train_learns_and_missing_checkpoint_is_one_line(tmp_path):
     assert ((p > 0.5) == labels).mean() > 0.85
     with pytest.raises(CamReportError, match="run 02_train first"):
         load_cam_model(tmp_path, Config(), ["A"])
+
+
+def test_gallery_probabilities_are_calibrated_like_the_thresholds(tmp_path):
+    """04 applies 03's temperature before 03's thresholds (which were fitted on calibrated val probs)."""
+    import json
+
+    import pandas as pd
+
+    from cxr_helpers.cam_report import probabilities
+    from cxr_helpers.data_types import PreparedData
+    from cxr_helpers.predict import apply_temperature
+
+    classes = ["A", "B"]
+    man = pd.DataFrame({"image_id": ["i0", "i1", "i2"], "patient_id": ["p0", "p1", "p2"],
+                        "split": ["test"] * 3, "A": [1, 0, 1], "B": [0, 1, 0]})
+    data = PreparedData(images=np.zeros((3, 8, 8), np.uint8), manifest=man, classes=classes, task="multilabel")
+    raw = np.array([[0.9, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    (tmp_path / "predictions").mkdir()
+    pd.DataFrame({"image_id": man.image_id, "patient_id": man.patient_id, "y_A": man.A, "y_B": man.B,
+                  "p_A": raw[:, 0], "p_B": raw[:, 1]}).to_csv(tmp_path / "predictions" / "test.csv", index=False)
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": {"A": 2.0, "B": 0.5}, "applied": True}))
+    probs, thr, note = probabilities(None, {}, data, np.arange(3), tmp_path, "test")
+    expected = apply_temperature(raw, np.array([2.0, 0.5]), "multilabel")
+    np.testing.assert_allclose(probs, expected)
+    assert not np.allclose(probs, raw) and "temperature scaling" in note

@@ -230,3 +230,14 @@ def test_amp_auto_choices():
         resolve_channels_last("auto", cpu) is False
         and resolve_channels_last("auto", torch.device("cuda")) is True
     )
+
+
+def test_training_clears_results_fitted_on_the_previous_model(tmp_path):
+    """Retraining into a run dir must not leave thresholds/calibration/metrics of the old model."""
+    for name in ("thresholds.json", "calibration.json", "metrics.json", "cam_metrics.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "eda_summary.json").write_text("{}")  # describes the data, not the model: kept
+    train(tiny_config(epochs=1), tmp_path, tiny_prepared(), progress=False)
+    assert not any((tmp_path / n).exists() for n in ("thresholds.json", "calibration.json", "metrics.json",
+                                                     "cam_metrics.json"))
+    assert (tmp_path / "eda_summary.json").is_file() and (tmp_path / "model" / "best.pt").is_file()
