@@ -110,8 +110,11 @@ def bootstrap_samples(
     micro: bool = True,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     P_decision: Optional[np.ndarray] = None,
+    pred_index: Optional[np.ndarray] = None,
 ) -> dict[str, np.ndarray]:
     """Bootstrap replicates of every metric in the per-class table, on shared resamples.
+
+    pred_index: (N,) predicted class for the multiclass accuracy/kappa (default: arg-max of P).
 
     Y: (N, C) 0/1 truth; P: (N, C) scores; groups: (N,) patient ids (None = image bootstrap);
     thresholds: (C,) operating points for the rate metrics: ``P_decision >= t`` is positive
@@ -135,7 +138,8 @@ def bootstrap_samples(
         tp_i, fp_i = Y * pred, (1 - Y) * pred
         fn_i, tn_i = Y * (1 - pred), (1 - Y) * (1 - pred)
     if multiclass:
-        t_idx, p_idx = Y.argmax(1), P.argmax(1)
+        t_idx = Y.argmax(1)
+        p_idx = P.argmax(1) if pred_index is None else np.asarray(pred_index)
         pair = np.zeros((n, c * c), dtype=np.float32)
         pair[np.arange(n), t_idx * c + p_idx] = 1.0
 

@@ -330,7 +330,10 @@ def findings_table(
     table["top_finding"] = [classes[i] for i in top]
     table["top_prob"] = probs[np.arange(len(files)), top] if len(files) else []
     if task == "multiclass":
-        table["predicted"] = table["top_finding"]
+        from .metrics import multiclass_decision
+
+        decided = multiclass_decision(probs, thr) if len(files) else np.zeros(0, int)
+        table["predicted"] = [classes[i] for i in decided]  # the same rule 03's accuracy uses
     return table
 
 

@@ -23,6 +23,7 @@ from .metrics import (
     fmt_ci,
     headline_auroc,
     macro_mean,
+    multiclass_decision,
     multiclass_summary,
     multilabel_summary,
     undefined_reason,
@@ -101,8 +102,10 @@ def evaluate(
     repeat = patient_ids is not None and len(np.unique(patient_ids)) < n
     groups = patient_ids if repeat else None
     thr = np.array([thresholds.get(cls, 0.5) for cls in classes])
+    pred_index = multiclass_decision(Pd, thr) if task == "multiclass" else None
     S = bootstrap_samples(
-        Y, P, groups, n_boot, seed, thresholds=thr, multiclass=task == "multiclass", P_decision=Pd
+        Y, P, groups, n_boot, seed, thresholds=thr, multiclass=task == "multiclass", P_decision=Pd,
+        pred_index=pred_index,
     )
     per_class: dict[str, Any] = {}
     for k, cls in enumerate(classes):
@@ -156,13 +159,14 @@ def evaluate(
         pred = (Pd >= thr[None, :]).astype(int)
         out["multilabel"] = multilabel_summary(Y, pred)
     else:
-        mc = multiclass_summary(Y, P)
+        mc = multiclass_summary(Y, P, pred_index)
         out["multiclass"] = {
             "accuracy": ci(mc["accuracy"], S["accuracy"], level),
             "balanced_accuracy": ci(mc["balanced_accuracy"], S["balanced_accuracy"], level),
             "cohen_kappa": ci(mc["cohen_kappa"], S["cohen_kappa"], level),
             "confusion": mc["confusion"].tolist(),
-            "decision": "arg-max class",
+            "decision": f"p_{classes[-1]} >= {thr[-1]:.4g} (threshold fitted on validation)"
+            if c == 2 else "arg-max class",
         }
     return out
 

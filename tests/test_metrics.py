@@ -246,3 +246,26 @@ def test_gallery_picks_most_confident_errors() -> None:
     p = np.array([0.9, 0.6, 0.2, 0.1, 0.4, 0.8])
     assert list(gallery_indices(y, p, 0.5, "fp", 5)) == [0, 1]  # negatives above threshold, highest first
     assert list(gallery_indices(y, p, 0.5, "fn", 1)) == [3]  # the positive the model is surest is negative
+
+
+def test_binary_accuracy_uses_the_validation_threshold_everywhere():
+    """2-class: accuracy/kappa (point + bootstrap) and 05's 'predicted' use p_pos >= val threshold."""
+    from cxr_helpers.metrics import multiclass_decision
+    from cxr_helpers.predict import findings_table
+    from cxr_helpers.report_eval import evaluate
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p_pos = np.clip(0.25 + 0.3 * y + rng.normal(0, 0.15, 400), 0, 1)  # most positives below 0.5
+    P = np.stack([1 - p_pos, p_pos], 1)
+    Y = np.stack([1 - y, y], 1)
+    thr = {"normal": 0.5, "pneumonia": 0.4}
+    m = evaluate(Y, P, ["normal", "pneumonia"], "multiclass", thr, patient_ids=None, n_boot=200, seed=0)
+    expected_acc = float(((p_pos >= 0.4).astype(int) == y).mean())
+    assert m["multiclass"]["accuracy"]["value"] == pytest.approx(expected_acc)
+    assert expected_acc != pytest.approx(float((P.argmax(1) == y).mean()))  # the rule matters here
+    assert "0.4" in m["multiclass"]["decision"]
+    assert multiclass_decision(P, np.array([0.5, 0.4])).tolist() == (p_pos >= 0.4).astype(int).tolist()
+    table = findings_table([f"{i}.png" for i in range(400)], P, ["normal", "pneumonia"], "multiclass",
+                           np.array([0.5, 0.4]))
+    assert (table["predicted"] == np.where(p_pos >= 0.4, "pneumonia", "normal")).all()
