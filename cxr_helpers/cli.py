@@ -71,10 +71,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from .predict import predict_cli
 
     table = predict_cli(args.run_dir, args.inputs, out_csv=args.csv)
-    with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):
+    if len(table) == 0:
+        print("cxr predict: no readable image among the inputs (see the skipped lines above)", file=sys.stderr)
+        return 1
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(table.to_string(index=False))
     return 0
 

@@ -99,6 +99,9 @@ def test_shuffle_order_is_a_function_of_seed_and_epoch():
     assert sorted(order(1)) == list(range(20))
 
 
-def test_workers_sized_from_device():
-    assert default_num_workers(torch.device("cuda")) >= 1
-    assert default_num_workers(torch.device("cpu")) >= 0
+def test_workers_sized_from_device(monkeypatch):
+    import cxr_helpers.dataset as ds
+
+    for cores, cpu, gpu in ((2, 0, 1), (4, 0, 2), (16, 4, 8), (64, 4, 8)):
+        monkeypatch.setattr(ds, "cores_available", lambda c=cores: c)
+        assert (default_num_workers(torch.device("cpu")), default_num_workers(torch.device("cuda"))) == (cpu, gpu)

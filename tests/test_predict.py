@@ -205,7 +205,7 @@ def test_apply_temperature_sigmoid_and_softmax():
     q = np.array([[0.7, 0.2, 0.1]])
     soft = P.apply_temperature(q, np.full(3, 3.0), "multiclass")
     assert soft.sum() == pytest.approx(1.0) and soft.argmax() == 0 and soft[0, 0] < 0.7
-    assert P.apply_temperature(q, None, "multiclass") is not None
+    np.testing.assert_array_equal(P.apply_temperature(q, None, "multiclass"), q)  # no calibration: unchanged
 
 
 def test_findings_table_marks_positives_and_top():
@@ -489,3 +489,16 @@ def test_file_round_trip_reproduces_in_memory_predictions(tmp_path):
     res = P.predict_files(pred, [tmp_path / "a.png", tmp_path / "b.dcm"])
     np.testing.assert_array_equal(res.images, imgs)
     np.testing.assert_allclose(res.probs, predict_probs(pred.model, imgs, pred.meta), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:no thresholds.json")
+def test_cxr_predict_exits_nonzero_when_nothing_was_readable(tmp_path, capsys):
+    from cxr_helpers.cli import main
+
+    pytest.importorskip("cxr_helpers.inference")
+    run = _tiny_run(tmp_path)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(run), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "no readable image" in captured.err and "Empty DataFrame" not in captured.out
