@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -382,8 +383,13 @@ class _Loggers:
                 flat = pd.json_normalize(cfg.to_dict(), sep=".").iloc[0].to_dict()
                 mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
                 self.mlflow = mlflow
-            except Exception:
-                self.mlflow = None
+            except ImportError:
+                warnings.warn("tracking.mlflow is set but mlflow is not installed: pip install 'cxr[tracking]' "
+                              "(training continues without MLflow)", stacklevel=2)
+            except Exception as exc:  # noqa: BLE001 - a tracking server problem must not stop training
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                warnings.warn(f"tracking.mlflow: cannot log to {cfg.tracking.mlflow}: {first[:200]} "
+                              "(training continues without MLflow)", stacklevel=2)
 
     def log(self, row: dict[str, Any], epoch: int) -> None:
         nums = {

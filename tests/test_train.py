@@ -241,3 +241,21 @@ def test_training_clears_results_fitted_on_the_previous_model(tmp_path):
     assert not any((tmp_path / n).exists() for n in ("thresholds.json", "calibration.json", "metrics.json",
                                                      "cam_metrics.json"))
     assert (tmp_path / "eda_summary.json").is_file() and (tmp_path / "model" / "best.pt").is_file()
+
+
+def test_mlflow_requested_but_missing_warns_in_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_mlflow(name, *args, **kwargs):
+        if name == "mlflow":
+            raise ImportError("No module named 'mlflow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    cfg = tiny_config(epochs=1)
+    cfg.tracking.mlflow = "sqlite:///x.db"
+    with pytest.warns(UserWarning, match=r"tracking.mlflow is set but mlflow is not installed"):
+        train(cfg, tmp_path, tiny_prepared(), progress=False)
+    assert (tmp_path / "model" / "best.pt").is_file()
