@@ -210,7 +210,8 @@ def decode_files(
     sizes = np.zeros((n, 2), dtype=np.int64)
     errors = [""] * n
     items = list(enumerate(paths))
-    bar = tqdm(total=n, desc="prepare cache", unit="img", disable=not progress, mininterval=2.0)
+    quiet = not progress or os.environ.get("TQDM_DISABLE") == "1"
+    bar = tqdm(total=n, desc="prepare cache", unit="img", disable=quiet, mininterval=2.0)
     workers = min(workers, max(1, n))
     threads = cv2.getNumThreads()
     if workers <= 1 or n < _IN_PROCESS_BELOW:

@@ -69,7 +69,8 @@ def kernel_for_this_python() -> str:
                  "--IPKernelApp.log_level=ERROR"],  # no start-up chatter in the terminal
         "display_name": "Python (cxr run)",
         "language": "python",
-        "env": {"CXR_ROOT": str(project_root()), "PYTHONUNBUFFERED": "1"},
+        # no tqdm bars inside reports (they render as red stderr text); the terminal shows progress
+        "env": {"CXR_ROOT": str(project_root()), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"},
     }
     target = kdir / "kernel.json"
     text = json.dumps(spec, indent=1)

@@ -35,7 +35,8 @@ def project(tmp_path, monkeypatch):
     nbs.mkdir()
     (tmp_path / "configs").mkdir()
     _notebook(nbs / "01_first.ipynb", "01_first",
-              "import sys, json\n(run.dir / 'first.json').write_text(json.dumps({'exe': sys.executable}))\n"
+              "import os, sys, json\n(run.dir / 'first.json').write_text(json.dumps({'exe': sys.executable, "
+              "'tqdm': os.environ.get('TQDM_DISABLE')}))\n"
               "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0]); plt.show()\nprint('hello from 01')")
     _notebook(nbs / "02_second.ipynb", "02_second",
               "if run.cfg.seed == 13:\n    raise ValueError('boom on purpose: seed 13')\nprint('second ok')")
@@ -64,7 +65,9 @@ def test_run_writes_the_run_dir_contract(project):
     assert prov["packages"]["torch"] and prov["python"] and "commit" in prov["git"]
     assert all(v["seconds"] > 0 for v in prov["notebooks"].values())
     # the notebooks ran in this interpreter, not whatever owns a kernel named python3
-    assert json.loads((rd / "first.json").read_text())["exe"] == sys.executable
+    first = json.loads((rd / "first.json").read_text())
+    assert first["exe"] == sys.executable
+    assert first["tqdm"] == "1"  # no progress-bar noise inside the HTML reports
     index = (rd / "index.html").read_text()
     assert "reports/03_third.html" in index and "OK" in index
     assert "t/index.html" in (project / "outputs" / "index.html").read_text()
