@@ -20,6 +20,21 @@ import yaml
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+# Keys whose value is one of a fixed set, checked when the config loads (before any notebook runs).
+# tests/test_config.py keeps these equal to the constants of the modules that consume them.
+CHOICES: dict[str, tuple[Optional[str], ...]] = {
+    "data.source": ("synthetic", "nih_cxr14", "medmnist", "folder", "csv"),
+    "data.task": (None, "multilabel", "multiclass"),
+    "data.aspect": ("pad", "crop", "stretch"),
+    "data.split": ("official", "chexnet", "random"),
+    "train.scheduler": ("cosine", "plateau", "onecycle", "none"),
+    "train.loss": ("auto", "bce", "focal", "asl", "ce"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.channels_last": ("auto", "on", "off"),
+    "eval.threshold_policy": ("youden", "max_f1", "sensitivity"),
+}
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message is one line a user can act on."""
 
@@ -333,6 +348,10 @@ def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
             value = _coerce(value, tp, f"{origin}: key '{prefix}{key}'")
             if typing.get_origin(tp) is dict and fields[key].default_factory is not dataclasses.MISSING:
                 value = {**fields[key].default_factory(), **value}  # a mapping overrides key by key
+            allowed = CHOICES.get(f"{prefix}{key}")
+            if allowed is not None and value not in allowed:
+                names = ", ".join("null" if a is None else a for a in allowed)
+                raise ConfigError(f"{origin}: key '{prefix}{key}' is {value!r}; allowed: {names}")
             kwargs[key] = value
     return cls(**kwargs)
 

@@ -96,3 +96,24 @@ def test_on_off_strings_survive_yaml(tmp_path):
     cfg = load_config(p, ["train.compile=true"])
     assert (cfg.train.channels_last, cfg.train.amp, cfg.train.compile) == ("on", "off", True)
     assert load_config(p, ["train.channels_last=off"]).train.channels_last == "off"
+
+
+def test_enumerated_values_fail_at_load_time(tmp_path):
+    p = _write(tmp_path, "data:\n  source: nope\n")
+    with pytest.raises(ConfigError, match=r"key 'data.source' is 'nope'; allowed: synthetic, nih_cxr14"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"key 'train.amp' is 'maybe'; allowed: auto, bf16, fp16, off"):
+        load_config(_write(tmp_path, "name: x\n"), ["train.amp=maybe"])
+
+
+def test_choices_match_the_modules_that_consume_them():
+    from cxr_helpers.cache import ASPECTS
+    from cxr_helpers.config import CHOICES
+    from cxr_helpers.losses import LOSSES
+    from cxr_helpers.sources import ADAPTERS
+    from cxr_helpers.thresholds import POLICIES
+
+    assert set(CHOICES["data.source"]) == set(ADAPTERS)
+    assert set(CHOICES["data.aspect"]) == set(ASPECTS)
+    assert set(CHOICES["train.loss"]) == set(LOSSES)
+    assert set(CHOICES["eval.threshold_policy"]) == set(POLICIES)
