@@ -26,8 +26,15 @@ test: venv
 lab: venv
 	@$(BIN)/jupyter lab --notebook-dir=notebooks --MultiKernelManager.default_kernel_name=cxr
 
+# ruff, the stage layers (pyproject [tool.importlinter]) and dead code; vulture reads the
+# notebooks' code too (converted to a temp dir), so names only notebooks use count as used.
 lint: venv
 	@$(BIN)/ruff check .
+	@$(BIN)/lint-imports --no-logo --no-cache
+	@$(BIN)/nbstripout --keep-id --verify notebooks/*.ipynb
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(BIN)/jupyter nbconvert --to python --log-level ERROR --output-dir "$$tmp" notebooks/*.ipynb && \
+	  $(BIN)/vulture cxr_helpers vulture_allowlist.py "$$tmp"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,13 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxr_helpers import cache  # noqa: E402
-from cxr_helpers.augment import BatchAugment  # noqa: E402
 from cxr_helpers.config import AugmentConfig, Config, DataConfig, ModelConfig  # noqa: E402
-from cxr_helpers.data_types import SourceData  # noqa: E402
-from cxr_helpers.dataset import make_loader, to_model_input  # noqa: E402
-from cxr_helpers.models import create_model, model_norm  # noqa: E402
-from cxr_helpers.train import resolve_amp  # noqa: E402
+from cxr_helpers.data import cache
+from cxr_helpers.data.augment import BatchAugment  # noqa: E402
+from cxr_helpers.data.loader import make_loader  # noqa: E402
+from cxr_helpers.data.types import SourceData  # noqa: E402
+from cxr_helpers.model.backbones import create_model, model_norm  # noqa: E402
+from cxr_helpers.model.inference import Preprocess  # noqa: E402
+from cxr_helpers.runtime import resolve_amp  # noqa: E402
 
 
 def write_pngs(folder: Path, n: int, size: int, seed: int = 0) -> list[str]:
@@ -98,8 +99,9 @@ def epoch_cxr(model, opt, loader, mean, std, aug, amp) -> float:
     model.train()
     n, t0 = 0, time.perf_counter()
     dev = torch.device("cpu")
+    preprocess = Preprocess(tuple(mean), tuple(std), 1)
     for x_u8, y, _ in loader:
-        x = to_model_input(x_u8, dev, mean, std, 1, aug)
+        x = preprocess(x_u8, dev, aug)
         with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
             out = model(x)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y)

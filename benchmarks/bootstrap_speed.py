@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxr_helpers.bootstrap import bootstrap_samples, resample_counts  # noqa: E402
+from cxr_helpers.evaluate.bootstrap import bootstrap_samples, resample_counts  # noqa: E402
 
 
 def make_data(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ Measures, in one run on this machine:
    ``pool rate / (single-core rate x cores)`` (target >= 0.90 for 1024-px PNGs);
 2. cache build from an in-memory npz source (MedMNIST-like, 224 px);
 3. loader throughput over a prepared uint8 memmap with the training augmentations applied to the
-   batch (``dataset.make_loader`` + ``dataset.to_model_input`` + ``augment.BatchAugment``) for
+   batch (``dataset.make_loader`` + ``model.inference.Preprocess`` + ``augment.BatchAugment``) for
    DataLoader workers 0/2/4/8, on the CPU and (when present) on the GPU batch.
 
 Files are generated in a temporary folder (synthetic chest films upsampled and lightly noised, so
@@ -35,15 +35,16 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxr_helpers import cache  # noqa: E402
 from cxr_helpers.config import AugmentConfig, Config, DataConfig, SyntheticConfig  # noqa: E402
-from cxr_helpers.data_types import SourceData  # noqa: E402
+from cxr_helpers.data import cache
+from cxr_helpers.data.decode import default_workers  # noqa: E402
+from cxr_helpers.data.types import SourceData  # noqa: E402
 
 
 def _base_images(n: int, seed: int = 0) -> np.ndarray:
     """``n`` distinct 512-px chest-film-like uint8 images (the synthetic generator, else smooth noise)."""
     try:
-        from cxr_helpers.synthetic import generate
+        from cxr_helpers.data.synthetic import generate
 
         return generate(SyntheticConfig(n_images=n), image_size=512, seed=seed).images
     except Exception:  # pragma: no cover - generator unavailable
@@ -189,8 +190,9 @@ def bench_loader(
     import torch
 
     try:
-        from cxr_helpers.augment import BatchAugment
-        from cxr_helpers.dataset import make_loader, to_model_input
+        from cxr_helpers.data.augment import BatchAugment
+        from cxr_helpers.data.loader import make_loader
+        from cxr_helpers.model.inference import Preprocess
     except ImportError as exc:  # TODO(hook): the training helper's loader; report instead of failing
         print(f"loader benchmark skipped: {exc}")
         return [{"skipped": str(exc)}]
@@ -226,7 +228,7 @@ def bench_loader(
                     except StopIteration:
                         it = iter(loader)
                         x, _, _ = next(it)
-                    out = to_model_input(x, device, [0.5], [0.25], 1, aug if with_aug else None)
+                    out = Preprocess((0.5,), (0.25,), 1)(x, device, aug if with_aug else None)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     if b == 1:  # after warm-up (worker start, first batches)
@@ -288,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings(
         "ignore", message="This DataLoader will create"
     )  # 8 workers on 2 cores is the point
-    cores = cache.default_workers(args.cores)
+    cores = default_workers(args.cores)
     quick = args.quick
     n_files = {1024: 64 if quick else 400, 256: 96 if quick else 1200}
     repeats = 1 if quick else 3

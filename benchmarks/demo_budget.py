@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxr_helpers.config import load_config  # noqa: E402
 from cxr_helpers.paths import resolve_path  # noqa: E402
-from cxr_helpers.runner import run  # noqa: E402
+from cxr_helpers.run.runner import run  # noqa: E402
 
 QUICK = ["data.synthetic.n_images=160", "train.epochs=1", "eval.n_bootstrap=50", "eval.robustness=false",
          "cam.max_images=2", "cam.faithfulness=false"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from cxr_helpers.config import SyntheticConfig
-from cxr_helpers.synthetic import generate
+from cxr_helpers.data.synthetic import generate
 
 
 def bench(n: int, size: int, repeats: int, confounder: bool) -> dict:

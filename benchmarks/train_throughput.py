@@ -1,7 +1,7 @@
 """Training throughput: images/s of forward + backward + step, per model x image size x mode.
 
 Fed from a prepared-style uint8 memmap through the real ``dataset.make_loader`` and
-``dataset.to_model_input`` (normalisation + ``BatchAugment`` on the device batch), so the figure
+``model.inference.Preprocess`` (normalisation + ``BatchAugment`` on the device batch), so the figure
 includes the loader. Modes: ``fp32`` (NCHW), ``bf16_cl`` (bf16 autocast + channels_last),
 ``bf16`` (autocast, NCHW) and, with ``--compile``, ``bf16_cl_compile``. Reports also the fraction
 of step time spent waiting for data and the ratio to the device's FLOP ceiling
@@ -29,10 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxr_helpers.augment import BatchAugment  # noqa: E402
 from cxr_helpers.config import AugmentConfig, ModelConfig  # noqa: E402
-from cxr_helpers.dataset import default_num_workers, make_loader, to_model_input  # noqa: E402
-from cxr_helpers.models import create_model, forward_flops, model_norm  # noqa: E402
+from cxr_helpers.data.augment import BatchAugment  # noqa: E402
+from cxr_helpers.data.loader import default_num_workers, make_loader  # noqa: E402
+from cxr_helpers.model.backbones import create_model, forward_flops, model_norm  # noqa: E402
+from cxr_helpers.model.inference import Preprocess  # noqa: E402
 
 
 def matmul_ceiling(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
@@ -66,6 +67,7 @@ def bench_one(arch, size, mode, device, images, targets, batch, steps, workers) 
     if cl:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if mode.endswith("compile") else model
+    preprocess = Preprocess(tuple(mean), tuple(std), 1, cl)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     aug = BatchAugment(AugmentConfig(), 0, device)
     loader = make_loader(
@@ -83,7 +85,7 @@ def bench_one(arch, size, mode, device, images, targets, batch, steps, workers) 
             it = iter(loader)
             continue
         t1 = time.perf_counter()
-        x = to_model_input(x_u8, device, mean, std, 1, aug, cl)
+        x = preprocess(x_u8, device, aug)
         y = y.to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out = fwd(x)

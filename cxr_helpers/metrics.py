@@ -42,6 +42,13 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> Optional[float]:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def per_class_auroc(Y: np.ndarray, P: np.ndarray) -> list[Optional[float]]:
+    """One-vs-rest ``auroc`` per column of ``Y, P: (N, C)``; None where a class lacks both labels
+    or its scores are not all finite (a diverged model), so training and 03 share one AUROC."""
+    Y, P = np.asarray(Y), np.asarray(P)
+    return [auroc(Y[:, k], P[:, k]) if np.isfinite(P[:, k]).all() else None for k in range(Y.shape[1])]
+
+
 def average_precision(y: np.ndarray, scores: np.ndarray) -> Optional[float]:
     """Average precision (sum over distinct thresholds of recall step x precision); None without positives."""
     y = np.asarray(y) > 0.5
@@ -179,30 +186,6 @@ def macro_mean(values: list[Optional[float]]) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
-def per_class_point_table(
-    Y: np.ndarray, P: np.ndarray, classes: list[str], thresholds: Optional[dict[str, float]] = None
-) -> pd.DataFrame:
-    """One row per class: n_pos, prevalence, AUROC, AP and (with thresholds) rates at the operating point.
-
-    Undefined values are None and ``note`` says why, so the table prints words, not NaN.
-    """
-    rows = []
-    for k, cls in enumerate(classes):
-        y, s = Y[:, k], P[:, k]
-        row: dict[str, Any] = {
-            "class": cls,
-            "n_pos": int((y > 0.5).sum()),
-            "prevalence": float((y > 0.5).mean()) if y.size else None,
-            "auroc": auroc(y, s),
-            "ap": average_precision(y, s),
-        }
-        if thresholds is not None and cls in thresholds:
-            row.update(at_threshold(y, s, thresholds[cls]))
-        row["note"] = undefined_reason(y) or ""
-        rows.append(row)
-    return keep_none(pd.DataFrame(rows))
-
-
 def keep_none(df: pd.DataFrame) -> pd.DataFrame:
     """The frame with missing values as ``None`` (object columns), so 'undefined' survives pandas."""
     return df.astype(object).where(df.notna(), None)
@@ -245,4 +228,4 @@ def headline_auroc(Y: np.ndarray, P: np.ndarray, task: str) -> Optional[float]:
     Y, P = np.asarray(Y), np.asarray(P)
     if task == "multiclass" and Y.shape[1] == 2:
         return auroc(Y[:, 1], P[:, 1])
-    return macro_mean([auroc(Y[:, k], P[:, k]) for k in range(Y.shape[1])])
+    return macro_mean(per_class_auroc(Y, P))

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_helpers.augment import BatchAugment, affine_theta, tta_views, warp
 from cxr_helpers.config import AugmentConfig
-from cxr_helpers.dataset import CxrDataset, default_num_workers, make_loader, set_loader_epoch, to_model_input
+from cxr_helpers.data.augment import BatchAugment, affine_theta, tta_views, warp
+from cxr_helpers.data.loader import (
+    CxrDataset,
+    default_num_workers,
+    make_loader,
+    set_loader_epoch,
+)
+from cxr_helpers.model.inference import Preprocess
 
 ZERO = AugmentConfig(rotate=0, scale=0, translate=0, brightness=0, contrast=0, gamma=0, noise=0)
 
@@ -60,14 +66,14 @@ def test_tta_views_count_and_shape():
         tta_views(x, ["rotate90"])
 
 
-def test_to_model_input_normalises_and_repeats_grey():
+def test_preprocess_normalises_and_repeats_grey():
     u8 = torch.full((2, 1, 4, 4), 255, dtype=torch.uint8)
-    x = to_model_input(u8, torch.device("cpu"), [0.5], [0.25])
+    x = Preprocess((0.5,), (0.25,))(u8, torch.device("cpu"))
     assert x.dtype == torch.float32 and torch.allclose(x, torch.full_like(x, 2.0))
-    x3 = to_model_input(
-        u8, torch.device("cpu"), [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], in_chans=3, channels_last=True
-    )
+    x3 = Preprocess((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), in_chans=3, channels_last=True)(u8, torch.device("cpu"))
     assert x3.shape == (2, 3, 4, 4) and x3.is_contiguous(memory_format=torch.channels_last)
+    flip = Preprocess((0.5,), (0.25,))(u8[:, 0], augment=lambda x01: 1 - x01)  # (N, S, S) in; augment on [0, 1]
+    assert flip.shape == (2, 1, 4, 4) and torch.allclose(flip, torch.full_like(flip, -2.0))
 
 
 def test_dataset_items_and_batched_reads_agree():
@@ -100,7 +106,7 @@ def test_shuffle_order_is_a_function_of_seed_and_epoch():
 
 
 def test_workers_sized_from_device(monkeypatch):
-    import cxr_helpers.dataset as ds
+    import cxr_helpers.data.loader as ds
 
     for cores, cpu, gpu in ((2, 0, 1), (4, 0, 2), (16, 4, 8), (64, 4, 8)):
         monkeypatch.setattr(ds, "cores_available", lambda c=cores: c)

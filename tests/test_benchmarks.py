@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import shared_path
 
 from cxr_helpers.paths import project_root
 
@@ -38,3 +39,15 @@ def test_demo_budget_quick(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["median_seconds"]) >= {"01_eda", "02_train"}
     assert result["total_median_seconds"] > 0 and "budget 240 s" in proc.stdout
+
+
+@pytest.mark.slow
+def test_pneumoniamnist_seeds_quick(shared_data, tmp_path):
+    npz = shared_path(shared_data, "pneumoniamnist/pneumoniamnist.npz")
+    out = tmp_path / "p.json"
+    proc = _run("pneumoniamnist_seeds.py", "--quick", "--runs", str(tmp_path / "runs"), "--out", str(out),
+                "--set", f"data.root={npz}", "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["quick"] and [r["seed"] for r in result["runs"]] == [0]
+    assert 0 <= result["mean"]["test_auc"] <= 1

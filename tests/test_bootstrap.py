@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_helpers.bootstrap import bootstrap_samples, ci, resample_counts
+from cxr_helpers.evaluate.bootstrap import bootstrap_samples, ci, resample_counts
 from cxr_helpers.metrics import auroc
 
 

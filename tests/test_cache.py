@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_helpers import cache
-from cxr_helpers.cache import CacheError, geometry, load_prepared, prepare, preprocess_image
 from cxr_helpers.config import Config, DataConfig
-from cxr_helpers.data_types import SourceData
+from cxr_helpers.data import cache, decode
+from cxr_helpers.data.cache import CacheError, load_prepared, prepare
+from cxr_helpers.data.geometry import geometry, preprocess_image
+from cxr_helpers.data.types import SourceData
 
 CLASSES = ["A", "B"]
 
@@ -100,7 +101,7 @@ def test_second_prepare_reuses_without_decoding(tmp_path, png_source, monkeypatc
     def boom(path):
         raise AssertionError("decoded on a reused cache")
 
-    monkeypatch.setattr(cache, "_decode", boom)
+    monkeypatch.setattr(decode, "_decode", boom)
     second = prepare(cfg, png_source, progress=False)
     assert second.build_seconds is None and second.load_seconds is not None
     assert second.cache_dir == first.cache_dir
@@ -129,7 +130,7 @@ def test_rebuilt_when_preprocessing_changes(tmp_path, png_source):
 def test_interrupted_build_never_looks_complete(tmp_path, png_source, monkeypatch):
     cfg = _cfg(tmp_path / "c", image_size=32)
     calls = {"n": 0}
-    real = cache._decode
+    real = decode._decode
 
     def crash_on_third(path):
         calls["n"] += 1
@@ -137,12 +138,12 @@ def test_interrupted_build_never_looks_complete(tmp_path, png_source, monkeypatc
             raise KeyboardInterrupt  # like Ctrl-C mid-build (not an unreadable file)
         return real(path)
 
-    monkeypatch.setattr(cache, "_decode", crash_on_third)
+    monkeypatch.setattr(decode, "_decode", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, png_source, progress=False)
     final = cache.cache_path_for(cfg, png_source)
     assert not final.exists()
-    monkeypatch.setattr(cache, "_decode", real)
+    monkeypatch.setattr(decode, "_decode", real)
     data = prepare(cfg, png_source, progress=False)
     assert data.build_seconds is not None and len(data.images) == 6
 
@@ -249,7 +250,7 @@ def test_pool_build_matches_in_process(tmp_path, monkeypatch):
     d.mkdir()
     rng = np.random.default_rng(1)
     paths = []
-    for i in range(cache._IN_PROCESS_BELOW + 4):
+    for i in range(decode._IN_PROCESS_BELOW + 4):
         p = d / f"{i}.png"
         cv2.imwrite(str(p), rng.integers(0, 255, (24, 30), dtype=np.uint8))
         paths.append(str(p))
@@ -311,7 +312,7 @@ def test_nih_boxes_survive_preparation_and_second_run_skips_decoding(
         and (b.x + b.w <= 128 + 1e-6).all()
         and (b.y + b.h <= 128 + 1e-6).all()
     )
-    monkeypatch.setattr(cache, "_decode", lambda p: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(decode, "_decode", lambda p: (_ for _ in ()).throw(AssertionError("decoded")))
     second = prepare(cfg, progress=False)
     assert second.build_seconds is None
     with capsys.disabled():
@@ -324,7 +325,7 @@ FORK_AFTER_THREADS = """
 import sys, numpy as np, cv2, torch
 from PIL import Image
 from pathlib import Path
-from cxr_helpers.cache import decode_files
+from cxr_helpers.data.decode import decode_files
 d = Path(sys.argv[1])
 cv2.setNumThreads(2)
 for _ in range(5):  # OpenCV's and torch's thread pools are running in this (parent) process
@@ -360,7 +361,7 @@ _PARENT = {}
 
 
 def _stuck_in_children(items):
-    """Picklable stand-in for cache._worker_chunk that never answers in a pool worker."""
+    """Picklable stand-in for decode._worker_chunk that never answers in a pool worker."""
     import os
     import time
 
@@ -376,11 +377,9 @@ def test_stalled_decode_workers_fall_back_in_process(tmp_path, monkeypatch):
 
     from PIL import Image
 
-    import cxr_helpers.cache as cache_mod
-
-    _PARENT.update(pid=os.getpid(), original=cache_mod._worker_chunk)
-    monkeypatch.setattr(cache_mod, "_worker_chunk", _stuck_in_children)
-    monkeypatch.setattr(cache_mod, "_CHUNK_TIMEOUT_S", 2.0)
+    _PARENT.update(pid=os.getpid(), original=decode._worker_chunk)
+    monkeypatch.setattr(decode, "_worker_chunk", _stuck_in_children)
+    monkeypatch.setattr(decode, "_CHUNK_TIMEOUT_S", 2.0)
     paths = []
     for i in range(64):
         p = tmp_path / f"{i}.png"
@@ -390,7 +389,7 @@ def test_stalled_decode_workers_fall_back_in_process(tmp_path, monkeypatch):
     np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(64, 8, 8))
     t0 = time.perf_counter()
     with pytest.warns(UserWarning, match="stalled"):
-        sizes, errors = cache_mod.decode_files(paths, out, 8, "stretch", False, workers=2, progress=False)
+        sizes, errors = decode.decode_files(paths, out, 8, "stretch", False, workers=2, progress=False)
     assert time.perf_counter() - t0 < 30
     assert not any(errors) and (sizes == (20, 10)).all()
     assert np.load(out)[:, 0, 0].tolist() == list(range(64))

@@ -9,12 +9,16 @@ import pytest
 from scipy.special import expit, softmax
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from cxr_helpers.calibration import (
+from cxr_helpers.evaluate.calibration import (
+    CalibrationError,
     apply_temperature,
     brier,
+    calibration_record,
     calibration_summary,
+    decision_probs,
     ece,
     fit_temperature,
+    read_calibration,
     reliability_curve,
     save_calibration,
 )
@@ -64,3 +68,40 @@ def test_multiclass_one_temperature(tmp_path) -> None:
 def test_single_class_validation_keeps_temperature_one() -> None:
     P = np.full((10, 1), 0.3)
     assert fit_temperature(P, np.zeros((10, 1)), "multilabel")[0] == 1.0
+
+
+@pytest.mark.parametrize("task", ["multilabel", "multiclass"])
+@pytest.mark.parametrize("applied", [True, False])
+def test_decision_probs_same_from_memory_and_from_file(tmp_path, task: str, applied: bool) -> None:
+    """03 (in memory) and 04/05 (from calibration.json) decide on exactly the same probabilities:
+    calibrated where 03 applied calibration, raw otherwise."""
+    rng = np.random.default_rng(2)
+    classes = ["a", "b", "c"]
+    logits = rng.normal(0, 2, (400, 3))
+    if task == "multilabel":
+        Y = (rng.random((400, 3)) < expit(logits)).astype(float)
+        P = expit(logits * 2)
+    else:
+        Y = np.eye(3)[rng.integers(0, 3, 400)]
+        P = softmax(logits * 2, axis=1)
+    s = calibration_summary(Y[:200], P[:200], Y[200:], P[200:], classes, task)
+    mem = calibration_record(s, classes, task, applied)
+    save_calibration(tmp_path / "calibration.json", s, classes, task, 10, applied=applied)
+    disk = read_calibration(tmp_path, classes)
+    assert mem.in_use == disk.in_use == applied
+    expected = s["P_test_calibrated"] if applied else P[200:]
+    np.testing.assert_array_equal(decision_probs(P[200:], mem, task), expected)
+    np.testing.assert_array_equal(decision_probs(P[200:], disk, task), expected)
+
+
+def test_read_calibration_missing_and_bad_files(tmp_path) -> None:
+    rec = read_calibration(tmp_path, ["a"])
+    assert rec.temperatures is None and not rec.in_use and "no calibration.json" in rec.source
+    P = np.array([[0.2]])
+    np.testing.assert_array_equal(decision_probs(P, rec, "multilabel"), P)
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": {"a": 2.0}}))
+    with pytest.raises(CalibrationError, match="no temperature for b"):
+        read_calibration(tmp_path, ["a", "b"])
+    (tmp_path / "calibration.json").write_text("{oops")
+    with pytest.raises(CalibrationError, match="re-run 03_error_analysis"):
+        read_calibration(tmp_path / "calibration.json", ["a"])

@@ -13,8 +13,8 @@ import sys
 import pandas as pd
 import pytest
 
-from cxr_helpers import runner
 from cxr_helpers.paths import project_root
+from cxr_helpers.run import runner
 
 ROOT = project_root()
 TINY = [
@@ -91,8 +91,8 @@ def test_thresholds_were_fitted_on_calibrated_validation_predictions(demo_run):
     """
     import numpy as np
 
-    from cxr_helpers.predict import apply_temperature, load_temperatures
-    from cxr_helpers.thresholds import fit_thresholds
+    from cxr_helpers.evaluate.calibration import decision_probs, read_calibration
+    from cxr_helpers.evaluate.thresholds import fit_thresholds
 
     rd = demo_run.run_dir
     saved = json.loads((rd / "thresholds.json").read_text())
@@ -100,9 +100,9 @@ def test_thresholds_were_fitted_on_calibrated_validation_predictions(demo_run):
     val = pd.read_csv(rd / "predictions" / "val.csv")
     Y = val[[f"y_{c}" for c in classes]].to_numpy(float)
     P = val[[f"p_{c}" for c in classes]].to_numpy(float)
-    temps, _ = load_temperatures(rd, classes)
-    assert temps is not None and saved["fitted_on"] == "val"
-    refit, _ = fit_thresholds(Y, apply_temperature(P, temps, "multilabel"), classes, saved["policy"],
+    cal = read_calibration(rd, classes)
+    assert cal.in_use and saved["fitted_on"] == "val"
+    refit, _ = fit_thresholds(Y, decision_probs(P, cal, "multilabel"), classes, saved["policy"],
                               saved["target_sensitivity"])
     np.testing.assert_allclose([refit[c] for c in classes], [saved["thresholds"][c] for c in classes], atol=1e-9)
 

@@ -107,11 +107,11 @@ def test_enumerated_values_fail_at_load_time(tmp_path):
 
 
 def test_choices_match_the_modules_that_consume_them():
-    from cxr_helpers.cache import ASPECTS
     from cxr_helpers.config import CHOICES
-    from cxr_helpers.losses import LOSSES
-    from cxr_helpers.sources import ADAPTERS
-    from cxr_helpers.thresholds import POLICIES
+    from cxr_helpers.data.geometry import ASPECTS
+    from cxr_helpers.data.sources import ADAPTERS
+    from cxr_helpers.evaluate.thresholds import POLICIES
+    from cxr_helpers.train.losses import LOSSES
 
     assert set(CHOICES["data.source"]) == set(ADAPTERS)
     assert set(CHOICES["data.aspect"]) == set(ASPECTS)

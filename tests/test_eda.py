@@ -13,8 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from cxr_helpers import eda, plots_eda  # noqa: E402
-from cxr_helpers.data_types import PreparedData  # noqa: E402
+from cxr_helpers.data import plots as plots_eda
+from cxr_helpers.data import report as eda
+from cxr_helpers.data.types import PreparedData  # noqa: E402
 
 CLASSES = ["Mass", "Effusion", "Nodule"]
 

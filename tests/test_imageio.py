@@ -10,7 +10,7 @@ import pytest
 from conftest import shared_path
 from PIL import Image
 
-from cxr_helpers.imageio import ImageReadError, read_header_size, read_image, scan_images
+from cxr_helpers.data.imageio import ImageReadError, read_header_size, read_image
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 
@@ -166,15 +166,15 @@ def test_missing_file_and_dicom_without_pixels(tmp_path):
         assert "no pixel data" in _one_line_error(f)
 
 
-def test_scan_finishes_and_lists_bad_files(tmp_path):
+def test_bad_files_raise_one_line_naming_the_file(tmp_path):
     Image.fromarray(_ramp()).save(tmp_path / "good.png")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("hello")
     data = (tmp_path / "good.png").read_bytes()
     (tmp_path / "trunc.png").write_bytes(data[: len(data) // 3])
     paths = [tmp_path / n for n in ("good.png", "empty.png", "text.png", "trunc.png")]
-    ok, skipped = scan_images(paths)
-    assert ok.tolist() == [True, False, False, False]
-    assert list(skipped.columns) == ["path", "reason"] and len(skipped) == 3
-    assert set(skipped["path"]) == {str(p) for p in paths[1:]}
-    assert all(r.startswith(p) for p, r in zip(skipped["path"], skipped["reason"]))
+    assert read_image(paths[0]).dtype == np.uint8
+    for p in paths[1:]:
+        with pytest.raises(ImageReadError) as err:
+            read_image(p)
+        assert str(err.value).startswith(str(p)) and "\n" not in str(err.value)

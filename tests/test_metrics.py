@@ -17,6 +17,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxr_helpers.evaluate.report import (
+    evaluate,
+    headline_entries,
+    per_class_frame,
+    read_metrics,
+    save_metrics,
+    target_check,
+    worst_classes_summary,
+    write_report_md,
+)
 from cxr_helpers.metrics import (
     at_threshold,
     auroc,
@@ -26,17 +36,8 @@ from cxr_helpers.metrics import (
     headline_auroc,
     multiclass_summary,
     multilabel_summary,
-    per_class_point_table,
 )
-from cxr_helpers.report_eval import (
-    PredictionsError,
-    evaluate,
-    load_predictions,
-    per_class_frame,
-    target_check,
-    worst_classes_summary,
-    write_report_md,
-)
+from cxr_helpers.train.predictions import PredictionsError, read_predictions
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -66,9 +67,6 @@ def test_no_positives_is_undefined_not_nan() -> None:
     s = np.linspace(0, 1, 10)
     assert auroc(y, s) is None and average_precision(y, s) is None
     assert at_threshold(y, s, 0.5)["sensitivity"] is None
-    Y = np.c_[y, np.r_[np.ones(5), np.zeros(5)]]
-    t = per_class_point_table(Y, np.c_[s, s], ["A", "B"], {"A": 0.5, "B": 0.5})
-    assert t.loc[0, "note"] == "no positives" and t.loc[0, "auroc"] is None
     assert fmt(None) == "undefined" and "nan" not in fmt(float("nan"))
 
 
@@ -115,7 +113,7 @@ def _fake_binary_csv(path, n=624, seed=0) -> pd.DataFrame:
 def test_pneumonia_headline_auroc_matches_sklearn(tmp_path) -> None:
     """The 2-class headline is pneumonia-vs-normal AUROC of p_pneumonia (medmnist's y_score[:, -1])."""
     df = _fake_binary_csv(tmp_path / "test.csv")
-    pred = load_predictions(tmp_path / "test.csv", ["normal", "pneumonia"])
+    pred = read_predictions(tmp_path / "test.csv", ["normal", "pneumonia"])
     m = evaluate(
         pred.Y,
         pred.P,
@@ -129,6 +127,14 @@ def test_pneumonia_headline_auroc_matches_sklearn(tmp_path) -> None:
     assert abs(m["macro_auroc"]["value"] - ref) < 1e-6
     assert abs(m["per_class"]["pneumonia"]["auroc"]["value"] - ref) < 1e-6
     assert m["bootstrap"]["unit"] == "image"
+    m["calibration"] = {"applied": True, "ece": 0.05, "brier": 0.2}
+    save_metrics(tmp_path / "metrics.json", m)
+    back = read_metrics(tmp_path)
+    assert back == json.loads(json.dumps(m))
+    labels = [label for label, _ in headline_entries(back)]
+    assert labels == ["Test macro AUROC", "Test micro AUROC", "Test macro AP", "Test accuracy", "Test balanced accuracy",
+                      "Test ECE (calibrated)"]
+    assert read_metrics(tmp_path / "nope") is None
     assert headline_auroc(pred.Y, pred.P, "multiclass") == pytest.approx(ref, abs=1e-12)
 
 
@@ -174,10 +180,10 @@ def test_evaluate_json_report_and_target_check(tmp_path) -> None:
 
 def test_load_predictions_errors(tmp_path) -> None:
     with pytest.raises(PredictionsError, match="run 02_train"):
-        load_predictions(tmp_path / "nope.csv", ["A"])
+        read_predictions(tmp_path / "nope.csv", ["A"])
     pd.DataFrame({"image_id": ["a"], "patient_id": ["p"], "y_A": [1]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(PredictionsError, match="missing column"):
-        load_predictions(tmp_path / "t.csv", ["A"])
+        read_predictions(tmp_path / "t.csv", ["A"])
 
 
 def test_fmt_ci() -> None:
@@ -203,7 +209,7 @@ def test_pneumoniamnist_labels_headline_matches_medmnist_rule(shared_data, tmp_p
     df["y_normal"], df["y_pneumonia"] = 1 - y, y
     df["p_normal"], df["p_pneumonia"] = score[:, 0], score[:, 1]
     df.to_csv(tmp_path / "test.csv", index=False)
-    pred = load_predictions(tmp_path / "test.csv", ["normal", "pneumonia"])
+    pred = read_predictions(tmp_path / "test.csv", ["normal", "pneumonia"])
     m = evaluate(
         pred.Y,
         pred.P,
@@ -218,7 +224,7 @@ def test_pneumoniamnist_labels_headline_matches_medmnist_rule(shared_data, tmp_p
 
 
 def test_attach_sections_json_safe() -> None:
-    from cxr_helpers.report_eval import attach_sections
+    from cxr_helpers.evaluate.report import attach_sections
 
     rng = np.random.default_rng(5)
     Y = (rng.random((120, 2)) < 0.4).astype(float)
@@ -240,7 +246,7 @@ def test_attach_sections_json_safe() -> None:
 
 
 def test_gallery_picks_most_confident_errors() -> None:
-    from cxr_helpers.plots_eval import gallery_indices
+    from cxr_helpers.evaluate.plots import gallery_indices
 
     y = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.9, 0.6, 0.2, 0.1, 0.4, 0.8])
@@ -250,9 +256,9 @@ def test_gallery_picks_most_confident_errors() -> None:
 
 def test_binary_accuracy_uses_the_validation_threshold_everywhere():
     """2-class: accuracy/kappa (point + bootstrap) and 05's 'predicted' use p_pos >= val threshold."""
+    from cxr_helpers.evaluate.report import evaluate
     from cxr_helpers.metrics import multiclass_decision
-    from cxr_helpers.predict import findings_table
-    from cxr_helpers.report_eval import evaluate
+    from cxr_helpers.predict.findings import findings_table
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
@@ -269,3 +275,16 @@ def test_binary_accuracy_uses_the_validation_threshold_everywhere():
     table = findings_table([f"{i}.png" for i in range(400)], P, ["normal", "pneumonia"], "multiclass",
                            np.array([0.5, 0.4]))
     assert (table["predicted"] == np.where(p_pos >= 0.4, "pneumonia", "normal")).all()
+
+
+def test_per_class_auroc_matches_sklearn_and_skips_undefined() -> None:
+    """The one AUROC shared by training (validation) and 03: sklearn's values, None where undefined."""
+    from cxr_helpers.metrics import per_class_auroc
+
+    rng = np.random.default_rng(5)
+    Y = (rng.random((200, 3)) < [0.3, 0.0, 0.5]).astype(float)
+    P = rng.random((200, 3)) + 0.3 * Y
+    P[0, 2] = np.nan
+    out = per_class_auroc(Y, P)
+    assert out[0] == pytest.approx(roc_auc_score(Y[:, 0], P[:, 0]), abs=1e-12)
+    assert out[1] is None and out[2] is None

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cxr_helpers.config import ModelConfig, TrainConfig
-from cxr_helpers.losses import (
+from cxr_helpers.model.backbones import ModelError, create_model, load_weights, model_norm
+from cxr_helpers.train.losses import (
     AsymmetricLoss,
     FocalLoss,
     LossError,
@@ -18,7 +19,6 @@ from cxr_helpers.losses import (
     build_loss,
     class_balance,
 )
-from cxr_helpers.models import ModelError, create_model, load_weights, model_norm
 
 
 def _first_conv(model):

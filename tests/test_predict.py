@@ -12,10 +12,14 @@ import pytest
 from conftest import shared_path
 from PIL import Image
 
-from cxr_helpers import predict as P
-from cxr_helpers import predict_report as R
 from cxr_helpers.config import Config, DataConfig
-from cxr_helpers.data_types import PreparedData
+from cxr_helpers.data.types import PreparedData
+from cxr_helpers.evaluate.calibration import CalibrationRecord, decision_probs, save_calibration
+from cxr_helpers.evaluate.thresholds import ThresholdRecord, save_thresholds
+from cxr_helpers.predict import findings as P_findings
+from cxr_helpers.predict import inputs as P_inputs
+from cxr_helpers.predict import predictor as P
+from cxr_helpers.predict import report as R
 
 CLASSES = ["Cardiomegaly", "Effusion", "Nodule"]
 
@@ -41,20 +45,19 @@ def _fake_predictor(
     task: str = "multilabel", thresholds=None, temperatures=None, size: int = 32
 ) -> P.Predictor:
     c = len(CLASSES)
+    thr = np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, float)
+    temps = None if temperatures is None else np.asarray(temperatures, float)
     return P.Predictor(
-        model=None,
-        meta={"classes": CLASSES, "task": task},
+        classifier=None,
         classes=list(CLASSES),
         task=task,
         data=DataConfig(image_size=size, aspect="pad", clahe=False),
-        thresholds=np.full(c, 0.5) if thresholds is None else np.asarray(thresholds, float),
-        threshold_source="test",
-        temperatures=None if temperatures is None else np.asarray(temperatures, float),
-        calibration_source="test",
+        rules=ThresholdRecord(thr, "test", None, "test"),
+        calibration=CalibrationRecord(temps, temps is not None, task, "test"),
     )
 
 
-def _brightness_probs(model, images, meta, batch_size, device, tta=None):
+def _brightness_probs(images, batch_size):
     """A fake model: class k's probability rises with mean brightness (deterministic, checkable)."""
     m = images.reshape(len(images), -1).mean(axis=1) / 255.0
     return np.stack([m, 1 - m, np.full_like(m, 0.3)], axis=1)
@@ -69,7 +72,7 @@ def test_collect_files_recurses_folders_and_lists_missing(tmp_path):
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     explicit = tmp_path / "scan_without_suffix"
     explicit.write_bytes(b"whatever")
-    files, skipped = P.collect_files([tmp_path / "in", tmp_path / "nope.png", explicit, a])
+    files, skipped = P_inputs.collect_files([tmp_path / "in", tmp_path / "nope.png", explicit, a])
     assert [f.name for f in files] == ["a.png", "b.JPG", "scan_without_suffix"]  # a.png once
     assert b.resolve() in files
     assert list(skipped["reason"]) == ["not found"]
@@ -79,20 +82,20 @@ def test_collect_files_recurses_folders_and_lists_missing(tmp_path):
 def test_resolve_inputs_prefers_parameter_then_config():
     cfg = Config()
     cfg.predict.inputs = ["from/config"]
-    assert P.resolve_inputs(["x.png"], cfg) == ["x.png"]
-    assert P.resolve_inputs("single.png", cfg) == ["single.png"]
-    assert P.resolve_inputs([], cfg) == ["from/config"]
-    assert P.resolve_inputs(None, Config()) == []
+    assert P_inputs.resolve_inputs(["x.png"], cfg) == ["x.png"]
+    assert P_inputs.resolve_inputs("single.png", cfg) == ["single.png"]
+    assert P_inputs.resolve_inputs([], cfg) == ["from/config"]
+    assert P_inputs.resolve_inputs(None, Config()) == []
 
 
 def test_load_images_prepares_like_cache_and_skips_bad_files(tmp_path):
-    from cxr_helpers.cache import preprocess_image
-    from cxr_helpers.imageio import read_image
+    from cxr_helpers.data.geometry import preprocess_image
+    from cxr_helpers.data.imageio import read_image
 
     good = _png(tmp_path / "good.png", 120, 80)
     bad = _bad_files(tmp_path)
     data = DataConfig(image_size=32, aspect="pad")
-    images, kept, skipped = P.load_images([good, *bad], data)
+    images, kept, skipped = P_inputs.load_images([good, *bad], data)
     assert images.shape == (1, 32, 32) and images.dtype == np.uint8
     assert kept == [good]
     np.testing.assert_array_equal(images[0], preprocess_image(read_image(good), data))
@@ -102,7 +105,7 @@ def test_load_images_prepares_like_cache_and_skips_bad_files(tmp_path):
 
 def test_load_images_caps_at_max_images(tmp_path):
     files = [_png(tmp_path / f"{i}.png") for i in range(3)]
-    images, kept, skipped = P.load_images(files, DataConfig(image_size=16), max_images=2)
+    images, kept, skipped = P_inputs.load_images(files, DataConfig(image_size=16), max_images=2)
     assert len(images) == 2 and len(skipped) == 1
     assert "max_images" in skipped["reason"].iloc[0]
 
@@ -110,61 +113,7 @@ def test_load_images_caps_at_max_images(tmp_path):
 # ---------------------------------------------------------------- decision rules
 
 
-@pytest.mark.parametrize(
-    "obj",
-    [
-        {"Cardiomegaly": 0.2, "Effusion": 0.3, "Nodule": 0.4},
-        {"policy": "youden", "thresholds": {"Cardiomegaly": 0.2, "Effusion": 0.3, "Nodule": 0.4}},
-        {
-            "per_class": {
-                "Cardiomegaly": {"threshold": 0.2},
-                "Effusion": {"threshold": 0.3},
-                "Nodule": {"threshold": 0.4},
-            }
-        },
-    ],
-)
-def test_load_thresholds_reads_per_class_values(tmp_path, obj):
-    (tmp_path / "thresholds.json").write_text(json.dumps(obj))
-    thr, source, notes = P.load_thresholds(tmp_path, CLASSES)
-    np.testing.assert_allclose(thr, [0.2, 0.3, 0.4])
-    assert source.startswith("thresholds.json") and notes == []
-
-
-def test_thresholds_default_to_half_with_warning(tmp_path):
-    thr, source, notes = P.load_thresholds(tmp_path, CLASSES)
-    np.testing.assert_allclose(thr, 0.5)
-    assert "default 0.5" in source and "no thresholds.json" in notes[0]
-    (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": {"Effusion": 0.3}}))
-    thr, _, notes = P.load_thresholds(tmp_path, CLASSES)
-    np.testing.assert_allclose(thr, [0.5, 0.3, 0.5])
-    assert "Cardiomegaly" in notes[0] and "Nodule" in notes[0]
-
-
-def test_bad_json_is_one_line_error(tmp_path):
-    (tmp_path / "thresholds.json").write_text("{not json")
-    with pytest.raises(P.PredictError, match="thresholds.json"):
-        P.load_thresholds(tmp_path, CLASSES)
-
-
-def test_load_temperatures_scalar_per_class_and_absent(tmp_path):
-    temps, source = P.load_temperatures(tmp_path, CLASSES)
-    assert temps is None and "no calibration.json" in source
-    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.0}))
-    temps, source = P.load_temperatures(tmp_path, CLASSES)
-    np.testing.assert_allclose(temps, 2.0)
-    assert "temperature" in source
-    (tmp_path / "calibration.json").write_text(
-        json.dumps({"per_class": {"Cardiomegaly": {"temperature": 1.5}, "Effusion": 2.0, "Nodule": 0.5}})
-    )
-    temps, _ = P.load_temperatures(tmp_path, CLASSES)
-    np.testing.assert_allclose(temps, [1.5, 2.0, 0.5])
-
-
-def test_reads_files_written_by_03_writers(tmp_path):
-    from cxr_helpers.calibration import save_calibration
-    from cxr_helpers.thresholds import save_thresholds
-
+def test_rules_read_files_written_by_03_writers(tmp_path):
     save_thresholds(
         tmp_path / "thresholds.json",
         {"Cardiomegaly": 0.2, "Effusion": 0.3, "Nodule": 0.4},
@@ -172,45 +121,99 @@ def test_reads_files_written_by_03_writers(tmp_path):
         0.95,
         "multilabel",
     )
-    thr, source, notes = P.load_thresholds(tmp_path, CLASSES)
-    np.testing.assert_allclose(thr, [0.2, 0.3, 0.4])
-    assert "youden" in source and "val" in source and not notes
+    rules, calibration, notes = P.decision_rules(tmp_path, CLASSES)
+    np.testing.assert_allclose(rules.thresholds, [0.2, 0.3, 0.4])
+    assert "youden" in rules.source and "val" in rules.source and rules.applies_to == "raw" and not notes
+    assert calibration.temperatures is None and "no calibration.json" in calibration.source
+    _save_cal(tmp_path, [1.5, 2.0, 0.5], "multilabel")
+    _, calibration, notes = P.decision_rules(tmp_path, CLASSES)
+    np.testing.assert_allclose(calibration.temperatures, [1.5, 2.0, 0.5])
+    assert calibration.in_use and "per-class" in calibration.source
+    assert len(notes) == 1 and "fitted on raw probabilities" in notes[0]  # the converse mismatch
+    _save_cal(tmp_path, [3.0], "multiclass")
+    _, calibration, _ = P.decision_rules(tmp_path, CLASSES)
+    np.testing.assert_allclose(calibration.temperatures, 3.0)
+    assert "one temperature" in calibration.source
+
+
+def _save_cal(folder: Path, temps, task: str, applied: bool = True) -> None:
     empty = pd.DataFrame(columns=["class", "ece", "brier"])
-    save_calibration(
-        tmp_path / "calibration.json",
-        {"temperature": np.array([1.5, 2.0, 0.5]), "before": empty, "after": empty},
-        CLASSES,
-        "multilabel",
-        10,
-    )
-    temps, source = P.load_temperatures(tmp_path, CLASSES)
-    np.testing.assert_allclose(temps, [1.5, 2.0, 0.5])
-    save_calibration(
-        tmp_path / "calibration.json",
-        {"temperature": np.array([3.0]), "before": empty, "after": empty},
-        CLASSES,
-        "multiclass",
-        10,
-    )
-    temps, source = P.load_temperatures(tmp_path, CLASSES)
-    np.testing.assert_allclose(temps, 3.0)
-    assert "one temperature" in source
+    summary = {"temperature": np.asarray(temps, float), "before": empty, "after": empty}
+    save_calibration(folder / "calibration.json", summary, CLASSES, task, 10, applied=applied)
 
 
-def test_apply_temperature_sigmoid_and_softmax():
+def _save_thr(folder: Path, calibrated: bool) -> None:
+    save_thresholds(folder / "thresholds.json", {c: 0.5 for c in CLASSES}, "youden", 0.95, "multilabel",
+                    calibrated=calibrated)
+
+
+def test_thresholds_default_to_half_with_warning(tmp_path):
+    rules, _, notes = P.decision_rules(tmp_path, CLASSES)
+    np.testing.assert_allclose(rules.thresholds, 0.5)
+    assert "default 0.5" in rules.source and "no thresholds.json" in notes[0] and len(notes) == 1
+    (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": {"Effusion": 0.3}}))
+    rules, _, notes = P.decision_rules(tmp_path, CLASSES)
+    np.testing.assert_allclose(rules.thresholds, [0.5, 0.3, 0.5])
+    assert "Cardiomegaly" in notes[0] and "Nodule" in notes[0]
+
+
+@pytest.mark.parametrize("name", ["thresholds.json", "calibration.json"])
+def test_bad_json_is_one_line_error(tmp_path, name):
+    (tmp_path / name).write_text("{not json")
+    with pytest.raises(ValueError, match=name) as err:
+        P.decision_rules(tmp_path, CLASSES)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("calibrated", "cal", "expect"),
+    [
+        (True, None, "calibration.json is missing"),
+        (True, False, "says it was not applied"),
+        (True, True, None),
+        (False, True, "fitted on raw probabilities"),
+        (False, False, None),
+        (False, None, None),
+    ],
+)
+def test_one_line_warning_when_thresholds_and_calibration_disagree(tmp_path, calibrated, cal, expect):
+    _save_thr(tmp_path, calibrated)
+    if cal is not None:
+        _save_cal(tmp_path, [2.0, 2.0, 2.0], "multilabel", applied=cal)
+    _, calibration, notes = P.decision_rules(tmp_path, CLASSES)
+    if expect is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and expect in notes[0] and "\n" not in notes[0]
+        assert notes[0].startswith("thresholds.json was fitted on")
+    assert calibration.in_use == bool(cal)
+
+
+def test_predict_cli_prints_the_mismatch_once(tmp_path, capsys):
+    run = _tiny_run(tmp_path)
+    _save_thr(run, calibrated=True)  # calibration.json absent
+    _png(tmp_path / "a.png")
+    P_findings.predict_cli(run, [str(tmp_path / "a.png")])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "calibrated probabilities but calibration.json is missing" in lines[0]
+
+
+def test_decision_probs_sigmoid_and_softmax():
     p = np.array([[0.9, 0.1, 0.5]])
-    np.testing.assert_allclose(P.apply_temperature(p, np.ones(3), "multilabel"), p, atol=1e-6)
-    hot = P.apply_temperature(p, np.full(3, 2.0), "multilabel")
+    rec = lambda t, applied=True: CalibrationRecord(np.asarray(t, float), applied, "", "")  # noqa: E731
+    np.testing.assert_allclose(decision_probs(p, rec(np.ones(3)), "multilabel"), p, atol=1e-6)
+    hot = decision_probs(p, rec(np.full(3, 2.0)), "multilabel")
     assert 0.5 < hot[0, 0] < 0.9 and 0.1 < hot[0, 1] < 0.5 and abs(hot[0, 2] - 0.5) < 1e-6
     q = np.array([[0.7, 0.2, 0.1]])
-    soft = P.apply_temperature(q, np.full(3, 3.0), "multiclass")
+    soft = decision_probs(q, rec(np.full(3, 3.0)), "multiclass")
     assert soft.sum() == pytest.approx(1.0) and soft.argmax() == 0 and soft[0, 0] < 0.7
-    np.testing.assert_array_equal(P.apply_temperature(q, None, "multiclass"), q)  # no calibration: unchanged
+    np.testing.assert_array_equal(decision_probs(q, None, "multiclass"), q)  # no calibration: unchanged
+    np.testing.assert_array_equal(decision_probs(q, rec(np.full(3, 3.0), applied=False), "multiclass"), q)
 
 
 def test_findings_table_marks_positives_and_top():
     probs = np.array([[0.9, 0.2, 0.35], [0.1, 0.2, 0.3]])
-    t = P.findings_table(["a/x.png", "b/y.dcm"], probs, CLASSES, "multilabel", np.array([0.5, 0.5, 0.3]))
+    t = P_findings.findings_table(["a/x.png", "b/y.dcm"], probs, CLASSES, "multilabel", np.array([0.5, 0.5, 0.3]))
     assert list(t["image"]) == ["x.png", "y.dcm"]
     assert list(t["pos_Cardiomegaly"]) == [True, False]
     assert list(t["pos_Nodule"]) == [True, True]  # p >= threshold counts
@@ -218,7 +221,7 @@ def test_findings_table_marks_positives_and_top():
     assert list(t["top_finding"]) == ["Cardiomegaly", "Nodule"]
     assert list(t["top_prob"]) == pytest.approx([0.9, 0.3])
     assert "predicted" not in t
-    mc = P.findings_table(["z.png"], np.array([[0.2, 0.7, 0.1]]), CLASSES, "multiclass", np.full(3, 0.5))
+    mc = P_findings.findings_table(["z.png"], np.array([[0.2, 0.7, 0.1]]), CLASSES, "multiclass", np.full(3, 0.5))
     assert mc["predicted"].iloc[0] == "Effusion"
 
 
@@ -239,7 +242,7 @@ def test_predict_files_fake_model_calibrates_and_skips(tmp_path):
     R.write_dicom(np.full((50, 60), 128, np.uint8), folder / "mid.dcm")
     bad = _bad_files(folder / "bad")
     pred = _fake_predictor(temperatures=[2.0, 2.0, 2.0])
-    res = P.predict_files(pred, [folder, tmp_path / "missing.png"], probs_fn=_brightness_probs)
+    res = P_findings.predict_files(pred, [folder, tmp_path / "missing.png"], probs_fn=_brightness_probs)
     assert sorted(res.table["image"]) == ["bright.png", "dark.jpg", "mid.dcm"]
     assert len(res.skipped) == 3 and {str(b) for b in bad} <= set(res.skipped["path"])
     row = res.table.set_index("image").loc["bright.png"]
@@ -252,8 +255,8 @@ def test_predict_files_fake_model_calibrates_and_skips(tmp_path):
 def test_write_predictions_csv_and_summary(tmp_path, capsys):
     _png(tmp_path / "in" / "a.png", value=200)
     pred = _fake_predictor()
-    res = P.predict_files(pred, [tmp_path / "in", tmp_path / "gone.png"], probs_fn=_brightness_probs)
-    csv_path, json_path = P.write_predictions(res, pred, tmp_path)
+    res = P_findings.predict_files(pred, [tmp_path / "in", tmp_path / "gone.png"], probs_fn=_brightness_probs)
+    csv_path, json_path = P_findings.write_predictions(res, pred, tmp_path)
     assert csv_path == tmp_path / "predictions_new.csv"
     back = pd.read_csv(csv_path)
     assert list(back["image"]) == ["a.png"] and {"p_Cardiomegaly", "pos_Nodule", "top_finding"} <= set(back)
@@ -264,12 +267,12 @@ def test_write_predictions_csv_and_summary(tmp_path, capsys):
 
 
 def test_empty_inputs_give_empty_table(tmp_path):
-    res = P.predict_files(_fake_predictor(), [tmp_path / "none.png"], probs_fn=_brightness_probs)
+    res = P_findings.predict_files(_fake_predictor(), [tmp_path / "none.png"], probs_fn=_brightness_probs)
     assert len(res.table) == 0 and res.probs.shape == (0, 3) and len(res.skipped) == 1
 
 
 def test_write_demo_inputs_round_trip(tmp_path):
-    from cxr_helpers.imageio import read_image
+    from cxr_helpers.data.imageio import read_image
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 32, 32), dtype=np.uint8)
@@ -294,13 +297,13 @@ def test_write_demo_inputs_round_trip(tmp_path):
     R.write_demo_inputs(prepared, tmp_path / "predict_inputs", n=2)
     labels = R.demo_labels(tmp_path)
     assert list(labels["truth"]) == ["Effusion", "(none)", "Effusion"]
-    res = P.predict_files(_fake_predictor(), [tmp_path / "predict_inputs"], probs_fn=_brightness_probs)
+    res = P_findings.predict_files(_fake_predictor(), [tmp_path / "predict_inputs"], probs_fn=_brightness_probs)
     shown = R.report_table(res, CLASSES, labels=labels)
     assert shown.set_index("image").loc["test_img_3.dcm", "truth"] == "Effusion"
 
 
 def test_write_demo_inputs_copies_source_files(tmp_path):
-    from cxr_helpers.imageio import read_image
+    from cxr_helpers.data.imageio import read_image
 
     src = _png(tmp_path / "src" / "p1_a.png", 100, 80)
     manifest = pd.DataFrame(
@@ -326,7 +329,7 @@ def test_write_demo_inputs_copies_source_files(tmp_path):
 def test_plot_predictions_layout():
     import matplotlib.pyplot as plt
 
-    from cxr_helpers.plots_predict import plot_predictions, plot_probability_overview
+    from cxr_helpers.predict.plots import plot_predictions, plot_probability_overview
 
     imgs = np.zeros((2, 16, 16), np.uint8)
     probs = np.array([[0.9, 0.2, 0.1], [0.1, 0.6, 0.3]])
@@ -347,8 +350,8 @@ def _tiny_run(tmp_path: Path, task: str = "multilabel", aspect: str = "pad") -> 
     import timm
     import torch
 
-    from cxr_helpers.checkpoint import save_checkpoint
     from cxr_helpers.config import save_config
+    from cxr_helpers.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     cfg = Config()
@@ -391,14 +394,14 @@ def _real_inputs(tmp_path: Path) -> tuple[Path, list[Path]]:
 
 
 def test_round_trip_real_checkpoint(tmp_path):
-    pytest.importorskip("cxr_helpers.inference")
+    pytest.importorskip("cxr_helpers.model.inference")
     run = _tiny_run(tmp_path)
     folder, bad = _real_inputs(tmp_path)
     (run / "thresholds.json").write_text(json.dumps({"thresholds": {c: 0.4 for c in CLASSES}}))
     pred = P.load_predictor(run, device="cpu")
-    assert pred.classes == CLASSES and pred.image_size == 32 and pred.temperatures is None
+    assert pred.classes == CLASSES and pred.image_size == 32 and not pred.calibration.in_use
     np.testing.assert_allclose(pred.thresholds, 0.4)
-    res = P.predict_files(pred, [folder], batch_size=2)
+    res = P_findings.predict_files(pred, [folder], batch_size=2)
     assert sorted(res.table["image"]) == ["a.png", "ct.dcm", "rgb.jpeg"]
     assert {str(b) for b in bad} == set(res.skipped["path"])
     assert res.probs.shape == (3, 3) and np.all((res.probs >= 0) & (res.probs <= 1))
@@ -409,96 +412,94 @@ def test_round_trip_real_checkpoint(tmp_path):
     assert len(cams) == 2 and cams[0][0][1].shape == (32, 32)
 
 
-@pytest.mark.filterwarnings("ignore:no thresholds.json")
 def test_checkpoint_preparation_wins_and_cam_input_matches_inference(tmp_path):
     import torch
-
-    from cxr_helpers.cam import preprocess_from_meta
-    from cxr_helpers.inference import predict_logits
 
     run = _tiny_run(tmp_path, aspect="crop")
     pred = P.load_predictor(run, Config(), device="cpu")  # current config says pad, 64 px
     assert (pred.data.aspect, pred.data.image_size) == ("crop", 32)
+    clf = pred.classifier
     imgs = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
     with torch.no_grad():
-        ours = pred.model(preprocess_from_meta(pred.meta, pred.model)(imgs)).numpy()
-    np.testing.assert_allclose(ours, predict_logits(pred.model, imgs, pred.meta), rtol=1e-3, atol=1e-3)
+        ours = clf.model(clf.preprocess(imgs)).numpy()  # what the CAM in report.prediction_cams feeds
+    np.testing.assert_allclose(ours, clf.logits(imgs), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.filterwarnings("ignore:no thresholds.json")
 def test_round_trip_shared_dicoms(tmp_path, shared_data):
-    pytest.importorskip("cxr_helpers.inference")
+    pytest.importorskip("cxr_helpers.model.inference")
     mono2 = shared_path(shared_data, "dicom/siim_example_monochrome2.dcm")
     mono1 = shared_path(shared_data, "dicom/example_monochrome1.dcm")
     run = _tiny_run(tmp_path)
     pred = P.load_predictor(run, device="cpu")
-    res = P.predict_files(pred, [mono2, mono1])
+    res = P_findings.predict_files(pred, [mono2, mono1])
     assert len(res.table) == 2, res.skipped
     # MONOCHROME1 is the negative of MONOCHROME2: the prepared images must differ accordingly
     assert abs(int(res.images[0].astype(int).mean()) + int(res.images[1].astype(int).mean()) - 255) < 20
 
 
 def test_predict_cli_writes_csv(tmp_path, capsys):
-    pytest.importorskip("cxr_helpers.inference")
+    pytest.importorskip("cxr_helpers.model.inference")
     run = _tiny_run(tmp_path)
     folder, _ = _real_inputs(tmp_path)
-    table = P.predict_cli(run, [str(folder)])
+    table = P_findings.predict_cli(run, [str(folder)])
     out = capsys.readouterr().out
     assert len(table) == 3
     assert (run / "predictions_new.csv").is_file() and (run / "predictions_new.json").is_file()
     assert "default 0.5" in out and "warning: no thresholds.json" in out
     assert "skipped:" in out and "not a diagnosis" in out
     other = tmp_path / "elsewhere" / "p.csv"
-    P.predict_cli(run, [str(folder / "a.png")], out_csv=other)
+    P_findings.predict_cli(run, [str(folder / "a.png")], out_csv=other)
     assert len(pd.read_csv(other)) == 1
 
 
 def test_predict_cli_errors_are_one_line(tmp_path):
     with pytest.raises(P.PredictError, match="run dir not found"):
-        P.predict_cli(tmp_path / "nope", ["x.png"])
+        P_findings.predict_cli(tmp_path / "nope", ["x.png"])
     with pytest.raises(P.PredictError, match="no inputs"):
-        P.predict_cli(tmp_path, [])
+        P_findings.predict_cli(tmp_path, [])
 
 
-@pytest.mark.filterwarnings("ignore:no thresholds.json")
 def test_multiclass_round_trip_with_calibration(tmp_path):
-    pytest.importorskip("cxr_helpers.inference")
+    pytest.importorskip("cxr_helpers.model.inference")
     run = _tiny_run(tmp_path, task="multiclass")
     (run / "calibration.json").write_text(json.dumps({"method": "temperature", "temperature": 4.0}))
     folder, _ = _real_inputs(tmp_path)
     pred = P.load_predictor(run, device="cpu")
-    res = P.predict_files(pred, [folder])
+    res = P_findings.predict_files(pred, [folder])
     np.testing.assert_allclose(res.probs.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(res.probs.argmax(1), res.raw_probs.argmax(1))
     assert np.all(res.probs.max(1) <= res.raw_probs.max(1) + 1e-9)  # T > 1 softens
     assert list(res.table["predicted"]) == [CLASSES[k] for k in res.probs.argmax(1)]
 
 
-@pytest.mark.filterwarnings("ignore:no thresholds.json")
 def test_file_round_trip_reproduces_in_memory_predictions(tmp_path):
     """A cached image written to PNG and DICOM, then read, prepared and predicted from the file,
     scores exactly what the model gives the in-memory array (the predictions 02/03 wrote)."""
-    pytest.importorskip("cxr_helpers.inference")
-    from cxr_helpers.inference import predict_probs
-
+    pytest.importorskip("cxr_helpers.model.inference")
     run = _tiny_run(tmp_path)
     pred = P.load_predictor(run, device="cpu")
     imgs = np.random.default_rng(3).integers(0, 255, (2, 32, 32), dtype=np.uint8)
     Image.fromarray(imgs[0]).save(tmp_path / "a.png")
     R.write_dicom(imgs[1], tmp_path / "b.dcm")
-    res = P.predict_files(pred, [tmp_path / "a.png", tmp_path / "b.dcm"])
+    res = P_findings.predict_files(pred, [tmp_path / "a.png", tmp_path / "b.dcm"])
     np.testing.assert_array_equal(res.images, imgs)
-    np.testing.assert_allclose(res.probs, predict_probs(pred.model, imgs, pred.meta), atol=1e-6)
+    np.testing.assert_allclose(res.probs, pred.classifier.probs(imgs), atol=1e-6)
 
 
-@pytest.mark.filterwarnings("ignore:no thresholds.json")
 def test_cxr_predict_exits_nonzero_when_nothing_was_readable(tmp_path, capsys):
-    from cxr_helpers.cli import main
+    from cxr_helpers.run.cli import main
 
-    pytest.importorskip("cxr_helpers.inference")
+    pytest.importorskip("cxr_helpers.model.inference")
     run = _tiny_run(tmp_path)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
     assert main(["predict", str(run), str(bad)]) == 1
     captured = capsys.readouterr()
     assert "no readable image" in captured.err and "Empty DataFrame" not in captured.out
+
+
+def test_describe_shows_each_rule_warning_on_one_line():
+    pred = _fake_predictor()
+    pred.warnings = ["thresholds.json was fitted on calibrated probabilities but calibration.json is missing: x"]
+    text = R.describe(pred)
+    assert sum("**Warning**" in line for line in text.splitlines()) == 1

@@ -10,8 +10,8 @@ import pytest
 import tomllib
 import yaml
 
-from cxr_helpers.notebook import NOTEBOOK_PARAMS, notebook_parameters
 from cxr_helpers.paths import project_root
+from cxr_helpers.run.notebook import NOTEBOOK_PARAMS, notebook_parameters
 
 ROOT = project_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

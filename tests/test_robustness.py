@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_helpers.robustness import CORRUPTIONS, RobustnessError, corrupt, robustness_table, tta_table
+from cxr_helpers.evaluate.robustness import CORRUPTIONS, RobustnessError, corrupt, robustness_table, tta_table
 
 
 def _images(n: int = 40, s: int = 32, seed: int = 0):
@@ -65,3 +65,45 @@ def test_tta_table_reports_gain() -> None:
     assert P_tta.shape == (60, 2)
     head = df.set_index("class").loc["headline"]
     assert head["gain"] >= 0 and head["auroc_tta"] == pytest.approx(head["auroc_plain"] + head["gain"])
+
+
+class _FakeClassifier:
+    """Stands in for ``model.inference.Classifier``: ``probs(images, batch_size, tta=None)``."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def probs(self, images, batch_size=128, tta=None):
+        self.calls.append((len(images), batch_size, tta))
+        return _predict(images)
+
+
+def test_robustness_subset_and_sections() -> None:
+    from cxr_helpers.config import EvalConfig
+    from cxr_helpers.evaluate.robustness import (
+        largest_drop,
+        robustness_section,
+        robustness_subset,
+        subset_index,
+        tta_section,
+    )
+
+    assert subset_index(5, None, 0).tolist() == [0, 1, 2, 3, 4]
+    idx = subset_index(50, 10, 3)
+    assert len(idx) == 10 and (np.diff(idx) > 0).all()
+    np.testing.assert_array_equal(idx, subset_index(50, 10, 3))  # seeded
+    x, y = _images(60)
+    Y = np.c_[1 - y, y]
+    rows = np.arange(60)[::-1]  # prediction row i is prepared image 59 - i
+    saved = _predict(x[rows])
+    clf = _FakeClassifier()
+    ev = EvalConfig(max_images=20, batch_size=7, severities=2, tta=["hflip"])
+    sub = robustness_subset(clf, x, rows, Y[rows], saved, ev, seed=0)
+    assert len(sub.images) == 20 and sub.max_diff == 0.0 and clf.calls[0] == (20, 7, None)
+    np.testing.assert_array_equal(sub.images, x[rows[sub.index]])
+    robust = robustness_section(sub, ev, "multiclass", 0)
+    assert len(robust) == 7 * 3 and "Largest drop" in largest_drop(robust)
+    tta = tta_section(sub, ev, "multiclass", ["neg", "pos"])
+    assert list(tta["class"]) == ["neg", "pos", "headline"] and clf.calls[-1][2] == ["hflip"]
+    off = EvalConfig(robustness=False, tta=[])
+    assert robustness_section(sub, off, "multiclass", 0) is None and tta_section(sub, off, "multiclass", []) is None

@@ -10,10 +10,11 @@ import nbformat
 import pytest
 import yaml
 
-from cxr_helpers import paths, runner
-from cxr_helpers.cli import main
+from cxr_helpers import paths
+from cxr_helpers.run import runner
+from cxr_helpers.run.cli import main
 
-SETUP = 'from cxr_helpers.notebook import setup\nrun = setup(globals(), "{name}")'
+SETUP = 'from cxr_helpers.run.notebook import setup\nrun = setup(globals(), "{name}")'
 PARAMS = 'config = "configs/t.yaml"\nrun_dir = "outputs/t"\noverrides = []'
 
 
@@ -136,7 +137,7 @@ def test_bad_cli_arguments_give_one_line(project, capsys):
 
 
 def test_headline_metrics_read_the_result_files(tmp_path):
-    from cxr_helpers.index_pages import headline_metrics
+    from cxr_helpers.run.index_pages import headline_metrics
 
     (tmp_path / "metrics.json").write_text(json.dumps(
         {"macro_auroc": {"value": 0.912, "ci_low": 0.9, "ci_high": 0.93}}))

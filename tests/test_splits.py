@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_helpers.splits import assign_patient_splits, check_leakage, leakage_summary
+from cxr_helpers.data.splits import assign_patient_splits, check_leakage, leakage_summary
 
 CLASSES = ["A", "B", "Rare"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_helpers.subgroups import (
+from cxr_helpers.evaluate.subgroups import (
     age_band_labels,
     gap_summary,
     prevalence_summary,

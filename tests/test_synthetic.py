@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 
 from cxr_helpers.config import SyntheticConfig, config_from_dict
-from cxr_helpers.data_types import SourceData
-from cxr_helpers.plots_synthetic import plot_synthetic_grid
-from cxr_helpers.source_synthetic import load
-from cxr_helpers.synthetic import (
+from cxr_helpers.data.plots import plot_synthetic_grid
+from cxr_helpers.data.sources.synthetic import load
+from cxr_helpers.data.synthetic import (
     SyntheticConfigError,
     device_masks,
     generate,
     source_key,
 )
+from cxr_helpers.data.types import SourceData
 
 
 def _mask_of(masks: np.ndarray, bit: int) -> np.ndarray:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_curve
 
-from cxr_helpers.thresholds import (
+from cxr_helpers.evaluate.thresholds import (
     ThresholdError,
     choose_threshold,
     fit_thresholds,
-    load_thresholds,
     policy_table,
+    read_thresholds,
     save_thresholds,
 )
 
@@ -68,7 +68,26 @@ def test_policy_table_fits_on_val_applies_to_test_and_json(tmp_path) -> None:
     sens = tab.set_index("policy")["sensitivity"]
     assert sens["sensitivity>=0.9"] >= sens["youden"]
     p = save_thresholds(tmp_path / "thresholds.json", thr, "sensitivity", 0.9, "multilabel")
-    obj = load_thresholds(p)
-    assert obj["thresholds"] == {"A": thr["A"]} and obj["fitted_on"] == "val"
-    with pytest.raises(FileNotFoundError, match="03_error_analysis"):
-        load_thresholds(tmp_path / "missing.json")
+    rec = read_thresholds(p, ["A"])
+    assert rec.thresholds.tolist() == [thr["A"]] and rec.policy == "sensitivity" and rec.applies_to == "raw"
+    assert "fitted on val" in rec.source and rec.warnings == []
+    missing = read_thresholds(tmp_path / "missing.json", ["A"])
+    assert missing.thresholds.tolist() == [0.5] and missing.applies_to is None
+    assert "03_error_analysis" in missing.warnings[0]
+
+
+def test_thresholds_file_format_is_unchanged(tmp_path) -> None:
+    """The bytes other tools read: keys, order and the ``applies_to`` texts stay as they were."""
+    import json
+
+    p = save_thresholds(tmp_path / "t.json", {"A": 0.25}, "youden", 0.95, "multilabel", {"A": "x"}, calibrated=True)
+    obj = json.loads(p.read_text())
+    assert list(obj) == ["policy", "target_sensitivity", "fitted_on", "task", "rule", "applies_to", "thresholds", "notes"]
+    assert obj["applies_to"] == "temperature-scaled probabilities (calibration.json)"
+    assert read_thresholds(p, ["A"]).applies_to == "calibrated"
+
+
+def test_unreadable_thresholds_file_is_one_line_error(tmp_path) -> None:
+    (tmp_path / "thresholds.json").write_text('{"policy": "youden"}')  # no "thresholds" key
+    with pytest.raises(ThresholdError, match="re-run 03_error_analysis"):
+        read_thresholds(tmp_path, ["A"])

@@ -13,10 +13,14 @@ import pandas as pd
 import pytest
 import torch
 
-import cxr_helpers.train as train_mod
-from cxr_helpers.checkpoint import CheckpointError, load_checkpoint
-from cxr_helpers.inference import load_model, predict_probs
-from cxr_helpers.train import TrainingError, train
+import cxr_helpers.train.context as context_mod
+import cxr_helpers.train.loop as train_mod
+from cxr_helpers.metrics import auroc, macro_mean
+from cxr_helpers.model.checkpoint import CheckpointError, ModelMeta, load_checkpoint
+from cxr_helpers.model.inference import load_model
+from cxr_helpers.train.epoch import auroc_per_class
+from cxr_helpers.train.loop import TrainingError, train
+from cxr_helpers.train.predictions import PredictionsError, read_predictions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_fixtures import tiny_config, tiny_prepared  # noqa: E402
@@ -55,7 +59,13 @@ def test_run_writes_history_checkpoints_and_predictions(tmp_path):
     assert (tmp_path / "predictions" / "test.csv").is_file()
     summary = res.summary
     assert summary["loss"] == "bce" and summary["loss_reason"] and summary["best_epoch"] in (1, 2)
-    assert (tmp_path / "train_summary.json").is_file()
+    assert (tmp_path / "train_summary.json").is_file() and summary["amp"] == "off"
+    meta = ModelMeta.from_checkpoint(load_checkpoint(tmp_path / "model" / "best.pt"), "best.pt")
+    assert meta.amp == "off" and meta.channels_last is False and meta.best_epoch == summary["best_epoch"]
+    assert meta.mean == (pytest.approx(0.449, abs=1e-3),) and meta.config.model.arch == "resnet18"
+    pred = read_predictions(tmp_path / "predictions" / "val.csv", ["C0", "C1", "C2"])
+    np.testing.assert_allclose(pred.P, val[["p_C0", "p_C1", "p_C2"]].to_numpy())
+    assert list(pred.image_id) == list(val["image_id"].astype(str)) and pred.Y.shape == (len(val), 3)
 
 
 def test_same_seed_same_history_and_weights(tmp_path):
@@ -90,7 +100,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real_build = train_mod.build_loss
+    real_build = context_mod.build_loss
     n_train_batches = 3  # 57 train images, batch 16, drop_last
 
     def poisoned(*args, **kw):
@@ -106,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         choice.module = Poison()
         return choice
 
-    monkeypatch.setattr(train_mod, "build_loss", poisoned)
+    monkeypatch.setattr(context_mod, "build_loss", poisoned)
     with pytest.raises(TrainingError) as err:
         train(tiny_config(epochs=3), tmp_path, tiny_prepared(), progress=False)
     msg = str(err.value)
@@ -136,14 +146,14 @@ def test_multiclass_inference_matches_written_predictions_and_eval_only(tmp_path
     assert res.summary["loss"] == "ce"
     val = pd.read_csv(tmp_path / "mc/predictions/val.csv")
     assert np.allclose(val[["p_C0", "p_C1"]].sum(axis=1), 1.0, atol=1e-5)
-    model, meta = load_model(tmp_path / "mc", "cpu")
+    clf = load_model(tmp_path / "mc", "cpu")
     rows = prepared.split_index("val")
-    probs = predict_probs(model, prepared.images[rows], meta, batch_size=7)
+    probs = clf.probs(prepared.images[rows], batch_size=7)
     assert np.allclose(probs, val[["p_C0", "p_C1"]].to_numpy(), atol=1e-5)
-    assert predict_probs(model, prepared.images[rows], meta, tta=["shift"]).shape == (len(rows), 2)
+    assert clf.probs(prepared.images[rows], tta=["shift"]).shape == (len(rows), 2)
     # an external state dict evaluated without training (what 03/04/05 use)
     ext = tmp_path / "external.pth"
-    torch.save({"module." + k: v for k, v in model.state_dict().items()}, ext)
+    torch.save({"module." + k: v for k, v in clf.model.state_dict().items()}, ext)
     cfg2 = tiny_config(epochs=5)
     cfg2.model.checkpoint = str(ext)
     out = train(cfg2, tmp_path / "ev", prepared, progress=False)
@@ -165,7 +175,7 @@ DDP_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from train_fixtures import tiny_config, tiny_prepared
-from cxr_helpers.train import train
+from cxr_helpers.train.loop import train
 torch.set_num_threads(1)
 train(tiny_config(epochs=2), {out!r}, tiny_prepared(), progress=False)
 """
@@ -216,12 +226,12 @@ def test_training_benchmarks_run_quick(tmp_path):
 
 def test_amp_auto_choices():
     from cxr_helpers.config import ModelConfig
-    from cxr_helpers.models import create_model
-    from cxr_helpers.train import resolve_amp, resolve_channels_last, resolve_model_amp
+    from cxr_helpers.model.backbones import create_model
+    from cxr_helpers.runtime import SettingError, resolve_amp, resolve_channels_last, resolve_model_amp
 
     cpu = torch.device("cpu")
     assert resolve_amp("off", cpu) is None and resolve_amp("bf16", cpu) == torch.bfloat16
-    with pytest.raises(TrainingError, match="fp16 autocast needs a GPU"):
+    with pytest.raises(SettingError, match="fp16 autocast needs a GPU"):
         resolve_amp("fp16", cpu)
     effnet = create_model(ModelConfig(arch="efficientnet_b0"), 2)
     assert resolve_model_amp("auto", cpu, effnet) is None
@@ -259,3 +269,34 @@ def test_mlflow_requested_but_missing_warns_in_one_line(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=r"tracking.mlflow is set but mlflow is not installed"):
         train(cfg, tmp_path, tiny_prepared(), progress=False)
     assert (tmp_path / "model" / "best.pt").is_file()
+
+
+def test_read_predictions_errors_in_one_line(tmp_path):
+    with pytest.raises(PredictionsError, match="run 02_train"):
+        read_predictions(tmp_path / "nope.csv", ["A"])
+    pd.DataFrame({"image_id": ["a"], "patient_id": ["p"], "y_A": [1]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(PredictionsError, match="missing column.*p_A"):
+        read_predictions(tmp_path / "t.csv", ["A"])
+    pd.DataFrame({"image_id": ["a"], "patient_id": ["p"], "y_A": [1], "p_A": [float("nan")]}).to_csv(
+        tmp_path / "n.csv", index=False
+    )
+    with pytest.raises(PredictionsError, match="NaN"):
+        read_predictions(tmp_path / "n.csv", ["A"])
+
+
+def test_training_auroc_is_the_metrics_auroc_and_equals_sklearn():
+    """History AUROC comes from ``metrics.auroc``: sklearn's value, ties included; None if undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    Y = (rng.random((200, 4)) < 0.3).astype(np.float32)
+    P = np.round(rng.random((200, 4)), 2)  # ties
+    Y[:, 3] = 0
+    per = auroc_per_class(Y, P)
+    for k in range(3):
+        assert per[k] == pytest.approx(roc_auc_score(Y[:, k], P[:, k]), abs=1e-12)
+        assert per[k] == auroc(Y[:, k], P[:, k])
+    assert per[3] is None
+    assert macro_mean(per) == pytest.approx(np.mean([roc_auc_score(Y[:, k], P[:, k]) for k in range(3)]), abs=1e-12)
+    P[0, 0] = np.nan
+    assert auroc_per_class(Y, P)[0] is None

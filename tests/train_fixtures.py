@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.config import Config
-from cxr_helpers.data_types import PreparedData
+from cxr_helpers.data.types import PreparedData
 
 
 def tiny_prepared(

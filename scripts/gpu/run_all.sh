@@ -38,7 +38,7 @@ BENCH_STEPS=20
 export CPU_OK=${CPU_OK:-0}
 if [ "$CPU_OK" = 1 ]; then DEV=cpu; GPU="--set train.device=cpu"; fi
 if [ "$SMOKE" = 1 ]; then EPOCHS="--set train.epochs=1 --set eval.n_bootstrap=50"; BENCH_STEPS=2; fi
-CXR="$PY -m cxr_helpers.cli"
+CXR="$PY -m cxr_helpers.run.cli"
 
 # step NAME MIN_SECONDS COMMAND [MAX_SECONDS]: run COMMAND (a string) if MIN_SECONDS still fit
 # before the deadline; it is killed at the deadline or after MAX_SECONDS, whichever comes first.
@@ -124,7 +124,7 @@ run_step() {
     # torchrun with 1 process on the GPU (the issue's nccl check), then 2 CPU processes (gloo): with
     # WORLD_SIZE=1 train.py does not init a process group, so the 2-rank run is what exercises DDP.
     ddp) need_pack pneumoniamnist ddp && step ddp 60 \
-      "$PY -m torch.distributed.run --standalone --nproc_per_node=1 -m cxr_helpers.cli train configs/pneumoniamnist.yaml --set data.root=$PM28 $GPU --set train.epochs=2 $EPOCHS --out $RUNS/ddp_pmnist28 && $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m cxr_helpers.cli train configs/pneumoniamnist.yaml --set data.root=$PM28 --set train.device=cpu --set train.epochs=1 --out $RUNS/ddp2_cpu_pmnist28; rc=\$?; $SUMMARY_JSON $RUNS/ddp_pmnist28 $RUNS/ddp2_cpu_pmnist28; exit \$rc" 180 ;;
+      "$PY -m torch.distributed.run --standalone --nproc_per_node=1 -m cxr_helpers.run.cli train configs/pneumoniamnist.yaml --set data.root=$PM28 $GPU --set train.epochs=2 $EPOCHS --out $RUNS/ddp_pmnist28 && $PY -m torch.distributed.run --standalone --nproc_per_node=2 -m cxr_helpers.run.cli train configs/pneumoniamnist.yaml --set data.root=$PM28 --set train.device=cpu --set train.epochs=1 --out $RUNS/ddp2_cpu_pmnist28; rc=\$?; $SUMMARY_JSON $RUNS/ddp_pmnist28 $RUNS/ddp2_cpu_pmnist28; exit \$rc" 180 ;;
     pipeline) step pipeline 120 "$PY benchmarks/data_pipeline.py $([ "$SMOKE" = 1 ] && echo --quick) --out $RUNS/bench/data_pipeline.json" ;;
     bench) step bench 120 "$TP --models densenet121,resnet50,convnext_tiny,resnet18 --sizes 224 --modes fp32,bf16_cl --batch 256 --out $RUNS/bench/train_throughput_224.json" ;;
     compile) step compile 150 "$TP --models densenet121,resnet50,convnext_tiny,resnet18 --sizes 224 --modes bf16_cl --compile --batch 256 --out $RUNS/bench/train_throughput_224_compile.json" ;;

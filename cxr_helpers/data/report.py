@@ -1,0 +1,396 @@
+"""The numbers behind 01_eda: counts, prevalence, patients, subgroups, intensities, data problems.
+
+Every function takes a ``PreparedData`` and returns a small DataFrame or dict the notebook shows
+as a table (figures live in ``data.plots``). ``summary_text`` turns the numbers into the short
+written summary at the top of the report; ``eda_summary`` is what 01_eda writes to
+``eda_summary.json`` (``save_eda_summary``; ``read_eda_summary`` is its one reader).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from cxr_helpers.data.types import SPLITS, PreparedData
+from cxr_helpers.paths import read_json, write_json
+
+EDA_SUMMARY_FILE = "eda_summary.json"
+
+NO_FINDING = "No finding"
+
+
+def _splits(prepared: PreparedData) -> list[str]:
+    present = set(prepared.manifest["split"].astype(str))
+    return [s for s in SPLITS if s in present] + sorted(present - set(SPLITS))
+
+
+def counts_table(prepared: PreparedData) -> pd.DataFrame:
+    """Images per class (rows) and split (columns) plus ``total``; last rows: no finding, all images.
+
+    For multilabel data an image counts once for each positive class; "No finding" counts images
+    with no positive class.
+    """
+    m = prepared.manifest
+    y = m[prepared.classes].to_numpy(dtype=np.int64)
+    out = {}
+    for s in _splits(prepared) + ["total"]:
+        sel = np.ones(len(m), bool) if s == "total" else (m["split"].astype(str) == s).to_numpy()
+        col = list(y[sel].sum(axis=0))
+        if prepared.task == "multilabel":
+            col.append(int((y[sel].sum(axis=1) == 0).sum()))
+        col.append(int(sel.sum()))
+        out[s] = col
+    index = list(prepared.classes) + ([NO_FINDING] if prepared.task == "multilabel" else []) + ["all images"]
+    return pd.DataFrame(out, index=index).astype(int)
+
+
+def prevalence_table(prepared: PreparedData) -> pd.DataFrame:
+    """Fraction of images positive for each class (rows) per split (columns) and overall."""
+    counts = counts_table(prepared)
+    n = counts.loc["all images"].replace(0, np.nan)
+    return counts.drop(index="all images").div(n, axis=1).round(4)
+
+
+def cooccurrence(prepared: PreparedData, normalize: bool = False) -> pd.DataFrame:
+    """(C, C) images positive for both classes (diagonal: for the class).
+
+    normalize: row-conditional, cell (i, j) = P(class j | class i), diagonal 1.
+    """
+    y = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64)
+    co = y.T @ y
+    df = pd.DataFrame(co, index=prepared.classes, columns=prepared.classes)
+    if normalize:
+        diag = np.diag(co).astype(float)
+        df = df.div(np.where(diag > 0, diag, np.nan), axis=0).round(3)
+    return df
+
+
+def labels_per_image(prepared: PreparedData) -> pd.Series:
+    """Number of images with 0, 1, 2, ... positive labels."""
+    k = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64).sum(axis=1)
+    return pd.Series(k).value_counts().sort_index().rename_axis("labels").rename("images")
+
+
+def images_per_patient(prepared: PreparedData) -> pd.DataFrame:
+    """Per split: patients, images, and images-per-patient mean / median / max."""
+    m = prepared.manifest
+    rows = {}
+    for s in _splits(prepared) + ["total"]:
+        sub = m if s == "total" else m[m["split"].astype(str) == s]
+        per = sub.groupby("patient_id").size()
+        rows[s] = {
+            "patients": int(per.size),
+            "images": int(len(sub)),
+            "mean": round(float(per.mean()), 2) if per.size else 0.0,
+            "median": float(per.median()) if per.size else 0.0,
+            "max": int(per.max()) if per.size else 0,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def patient_image_counts(prepared: PreparedData) -> pd.Series:
+    """Images per patient (one value per patient), for the histogram."""
+    return prepared.manifest.groupby("patient_id").size().rename("images")
+
+
+def demographic_columns(prepared: PreparedData) -> list[str]:
+    """Which of ``age, sex, view`` the manifest has with at least one value."""
+    m = prepared.manifest
+    return [c for c in ("age", "sex", "view") if c in m and m[c].notna().any()]
+
+
+def age_bands(age: pd.Series, edges: tuple[int, ...] = (18, 40, 60, 80)) -> pd.Series:
+    """Age in years -> band labels like ``40-59`` (``missing`` where unknown)."""
+    bins = [-np.inf, *edges, np.inf]
+    labels = [f"<{edges[0]}"] + [f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
+    out = pd.cut(pd.to_numeric(age, errors="coerce"), bins=bins, labels=labels, right=False).astype(object)
+    return out.where(out.notna(), "missing")
+
+
+def prevalence_by_subgroup(prepared: PreparedData, column: str) -> pd.DataFrame:
+    """Label prevalence (columns: classes) per subgroup (rows) of ``column`` (age is banded), + ``n``."""
+    m = prepared.manifest
+    if column not in m:
+        return pd.DataFrame()
+    groups = (
+        age_bands(m[column])
+        if column == "age"
+        else m[column].astype(object).where(m[column].notna(), "missing")
+    )
+    df = m[prepared.classes].astype(float).groupby(groups.to_numpy()).mean().round(4)
+    df.insert(0, "n", m.groupby(groups.to_numpy()).size())
+    df.index.name = column
+    return df
+
+
+def _image_stats(
+    images: np.ndarray, idx: np.ndarray, max_pixels: int = 2_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image mean and std of rows ``idx`` (read 32 at a time) and a strided pixel sample."""
+    idx = np.sort(idx)
+    px_per_image = int(np.prod(images.shape[1:]))
+    step = max(1, int(np.ceil(len(idx) * px_per_image / max_pixels)))
+    means, stds, sample = [], [], []
+    for i in range(0, len(idx), 32):
+        chunk = np.asarray(images[idx[i : i + 32]], dtype=np.float32).reshape(-1, px_per_image)
+        means.append(chunk.mean(axis=1))
+        stds.append(chunk.std(axis=1))
+        sample.append(chunk[:, ::step].ravel())
+    return np.concatenate(means), np.concatenate(stds), np.concatenate(sample)
+
+
+def intensity_stats(prepared: PreparedData, max_per_class: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Pixel intensities (0-255) per class: images, mean and std of per-image means, percentiles.
+
+    Rows are classes (+ "No finding" for multilabel); at most ``max_per_class`` images each,
+    sampled with ``seed``, and percentiles from at most 2M of their pixels, so large caches stay fast.
+    """
+    rows = {}
+    for name, idx in _class_rows(prepared, max_per_class, seed).items():
+        if len(idx) == 0:
+            continue
+        means, stds, pixels = _image_stats(prepared.images, idx)
+        p = np.percentile(pixels, [1, 5, 50, 95, 99])
+        rows[name] = {
+            "images": int(len(idx)),
+            "mean": round(float(means.mean()), 1),
+            "std_between_images": round(float(means.std()), 1),
+            "std_within_image": round(float(stds.mean()), 1),
+            **{f"p{q}": round(float(v), 1) for q, v in zip((1, 5, 50, 95, 99), p)},
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def image_means_by_class(prepared: PreparedData, max_per_class: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Long table ``class, mean_intensity`` (one row per sampled image), for the violin plot."""
+    parts = []
+    for name, idx in _class_rows(prepared, max_per_class, seed).items():
+        if len(idx):
+            means, _, _ = _image_stats(prepared.images, idx, max_pixels=1)
+            parts.append(pd.DataFrame({"class": name, "mean_intensity": means}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["class", "mean_intensity"])
+
+
+def _class_rows(prepared: PreparedData, max_per_class: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64)
+    groups = {c: np.flatnonzero(y[:, k] > 0) for k, c in enumerate(prepared.classes)}
+    if prepared.task == "multilabel":
+        groups[NO_FINDING] = np.flatnonzero(y.sum(axis=1) == 0)
+    return {
+        c: (rng.choice(idx, max_per_class, replace=False) if len(idx) > max_per_class else idx)
+        for c, idx in groups.items()
+    }
+
+
+def sample_rows(
+    prepared: PreparedData, n_per_class: int = 4, seed: int = 0, prefer_boxes: bool = True
+) -> dict[str, list[int]]:
+    """Row indices to show per class: images with boxes (or masks) for that class first, then random."""
+    rng = np.random.default_rng(seed)
+    y = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64)
+    ids = prepared.manifest["image_id"].astype(str).to_numpy()
+    boxed: dict[str, set] = {}
+    if prefer_boxes and len(prepared.boxes):
+        for lab, g in prepared.boxes.groupby("label"):
+            boxed[str(lab)] = set(g["image_id"].astype(str))
+    out = {}
+    for k, c in enumerate(prepared.classes):
+        idx = np.flatnonzero(y[:, k] > 0)
+        rng.shuffle(idx)
+        first = [i for i in idx if ids[i] in boxed.get(c, ())]
+        rest = [i for i in idx if ids[i] not in boxed.get(c, ())]
+        out[c] = [int(i) for i in (first + rest)[:n_per_class]]
+    if prepared.task == "multilabel":
+        idx = np.flatnonzero(y.sum(axis=1) == 0)
+        rng.shuffle(idx)
+        out[NO_FINDING] = [int(i) for i in idx[:n_per_class]]
+    return out
+
+
+def leakage_table(prepared: PreparedData) -> pd.DataFrame:
+    """The leakage check as rows ``check, result``; empty when the source ran no check."""
+    lk = prepared.leakage or {}
+    if not lk:
+        return pd.DataFrame({"check": ["leakage check"], "result": ["not run by this source"]})
+    rows = [
+        (
+            "status",
+            "OK: no patient or duplicate image crosses splits" if lk.get("ok") else "WARNING: leakage found",
+        ),
+        (
+            "patient ids available",
+            "yes" if lk.get("patient_level", True) else "no (one image per id; cannot check)",
+        ),
+        ("patients in more than one split", lk.get("patients_across_splits", 0)),
+        ("their images", lk.get("images_across_splits", 0)),
+        ("duplicate groups across splits", lk.get("duplicate_groups_across_splits", 0)),
+    ]
+    for pair, n in (lk.get("split_pairs") or {}).items():
+        rows.append((f"patients shared {pair}", n))
+    return pd.DataFrame(rows, columns=["check", "result"]).astype({"result": str})
+
+
+def leakage_examples(prepared: PreparedData) -> pd.DataFrame:
+    """Example patients that cross splits (patient_id, split counts)."""
+    ex = (prepared.leakage or {}).get("patient_examples") or []
+    return pd.DataFrame([{"patient_id": e["patient_id"], **e["splits"]} for e in ex])
+
+
+def files_summary(prepared: PreparedData) -> pd.DataFrame:
+    """Counts of skipped (unreadable), missing (listed but absent) and exact-duplicate files."""
+    dup = prepared.duplicates if prepared.duplicates is not None else pd.DataFrame()
+    n_dup_groups = int(dup["group"].nunique()) if len(dup) else 0
+    return pd.DataFrame(
+        [
+            ("unreadable files skipped", len(prepared.skipped)),
+            ("listed images missing on disk", int(prepared.missing)),
+            ("exact-duplicate images", int(len(dup))),
+            ("duplicate groups", n_dup_groups),
+        ],
+        columns=["problem", "count"],
+    ).set_index("problem")
+
+
+def cache_timing_text(prepared: PreparedData) -> str:
+    """One line: built in X s (N images) or reused in Y s with no decoding."""
+    n = len(prepared.images)
+    size = prepared.image_size
+    where = prepared.cache_dir or "memory"
+    if prepared.build_seconds is not None:
+        rate = n / prepared.build_seconds if prepared.build_seconds > 0 else float("inf")
+        return f"Prepared cache built in {prepared.build_seconds:.2f} s ({n} images at {size} px, {rate:.0f} images/s): {where}"
+    load = prepared.load_seconds
+    load_txt = f"{load:.2f} s" if load is not None else "under a second"
+    return f"Prepared cache reused in {load_txt}, no decoding ({n} images at {size} px): {where}"
+
+
+def summary_numbers(prepared: PreparedData) -> dict[str, Any]:
+    """The figures ``summary_text`` is written from (JSON-able)."""
+    counts = counts_table(prepared)
+    cls_counts = counts.loc[prepared.classes, "total"]
+    per_patient = patient_image_counts(prepared)
+    nonzero = cls_counts[cls_counts > 0]
+    return {
+        "n_images": int(len(prepared.manifest)),
+        "n_patients": int(per_patient.size),
+        "images_per_patient_mean": round(float(per_patient.mean()), 2) if per_patient.size else 0.0,
+        "images_per_patient_max": int(per_patient.max()) if per_patient.size else 0,
+        "split_sizes": {s: int(counts.loc["all images", s]) for s in _splits(prepared)},
+        "class_counts": {c: int(v) for c, v in cls_counts.items()},
+        "no_finding": int(counts.loc[NO_FINDING, "total"]) if NO_FINDING in counts.index else None,
+        "most_frequent": str(cls_counts.idxmax()) if len(cls_counts) else None,
+        "least_frequent": str(cls_counts.idxmin()) if len(cls_counts) else None,
+        "imbalance_ratio": round(float(nonzero.max() / nonzero.min()), 2) if len(nonzero) else None,
+        "absent_classes": [c for c, v in cls_counts.items() if v == 0],
+    }
+
+
+def summary_text(prepared: PreparedData) -> str:
+    """A short Markdown summary written from the numbers (classes, imbalance, patients, splits, problems)."""
+    s = summary_numbers(prepared)
+    counts = s["class_counts"]
+    n = max(1, s["n_images"])
+    lines = []
+    if prepared.synthetic:
+        lines.append(
+            "**Synthetic data**: generated CXR-like images with exact lesion masks, not real patients; "
+            "figures here describe the generator, not a clinical population."
+        )
+    kind = (
+        "multi-label (an image may have several findings)"
+        if prepared.task == "multilabel"
+        else "multi-class (one class per image)"
+    )
+    splits = ", ".join(f"{k} {v:,}" for k, v in s["split_sizes"].items())
+    lines.append(
+        f"- **{s['n_images']:,} images** of **{s['n_patients']:,} patients** "
+        f"({s['images_per_patient_mean']:.2f} images per patient on average, at most {s['images_per_patient_max']}); "
+        f"splits: {splits}."
+    )
+    lines.append(f"- Task: {kind}, {len(prepared.classes)} classes.")
+    if s["most_frequent"] is not None:
+        mf, lf = s["most_frequent"], s["least_frequent"]
+        lines.append(
+            f"- Most frequent class: **{mf}** ({counts[mf]:,} images, {counts[mf] / n:.1%}); "
+            f"least frequent: **{lf}** ({counts[lf]:,}, {counts[lf] / n:.1%}); "
+            f"imbalance ratio {s['imbalance_ratio']}:1."
+        )
+    if s["no_finding"] is not None:
+        lines.append(f"- {s['no_finding']:,} images ({s['no_finding'] / n:.1%}) have no positive label.")
+    if s["absent_classes"]:
+        lines.append(f"- Classes with no images: {', '.join(s['absent_classes'])}.")
+    test = (prepared.manifest["split"].astype(str) == "test").to_numpy()
+    if test.any() and len(prepared.classes):
+        y = prepared.manifest.loc[test, prepared.classes].to_numpy(dtype=np.int64).sum(axis=0)
+        rare = [c for c, v in zip(prepared.classes, y) if v < 10]
+        if rare:
+            lines.append(
+                f"- Fewer than 10 test positives for: {', '.join(rare)} (wide confidence intervals)."
+            )
+    lk = prepared.leakage or {}
+    if lk:
+        if lk.get("ok"):
+            lines.append("- Leakage check: no patient or duplicate image crosses splits.")
+        else:
+            lines.append(
+                f"- **Leakage warning**: {lk.get('patients_across_splits', 0)} patients and "
+                f"{lk.get('duplicate_groups_across_splits', 0)} duplicate groups cross splits."
+            )
+    problems = []
+    if len(prepared.skipped):
+        problems.append(f"{len(prepared.skipped)} unreadable files skipped")
+    if prepared.missing:
+        problems.append(f"{prepared.missing:,} listed images missing on disk")
+    if prepared.duplicates is not None and len(prepared.duplicates):
+        problems.append(f"{len(prepared.duplicates)} exact-duplicate images")
+    if problems:
+        lines.append(f"- Files: {'; '.join(problems)}.")
+    return "\n".join(lines)
+
+
+def eda_summary(prepared: PreparedData) -> dict[str, Any]:
+    """What 01_eda writes to ``eda_summary.json``: counts, prevalence, file problems, leakage, cache times."""
+    counts = counts_table(prepared)
+    prev = prevalence_table(prepared)
+    lk = prepared.leakage or {}
+    return {
+        "synthetic": bool(prepared.synthetic),
+        "task": prepared.task,
+        "classes": list(prepared.classes),
+        "image_size": prepared.image_size,
+        **summary_numbers(prepared),
+        "counts": {s: {k: int(v) for k, v in counts[s].items()} for s in counts.columns},
+        "prevalence": {s: {k: _num(v) for k, v in prev[s].items()} for s in prev.columns},
+        "n_skipped": int(len(prepared.skipped)),
+        "skipped": prepared.skipped["path"].astype(str).head(50).tolist() if len(prepared.skipped) else [],
+        "n_missing": int(prepared.missing),
+        "n_duplicates": int(len(prepared.duplicates)) if prepared.duplicates is not None else 0,
+        "leakage": "ok" if lk.get("ok") else ("warn" if lk else "not checked"),
+        "leakage_detail": {k: v for k, v in lk.items() if not k.endswith("examples")},
+        "cache": {
+            "dir": prepared.cache_dir,
+            "build_seconds": prepared.build_seconds,
+            "load_seconds": prepared.load_seconds,
+            "reused": prepared.build_seconds is None,
+        },
+        "notes": list(prepared.notes),
+    }
+
+
+def save_eda_summary(run_dir: str | Path, prepared: PreparedData) -> Path:
+    """Write ``eda_summary.json`` (``eda_summary``'s record) into ``run_dir``; returns its path."""
+    return write_json(Path(run_dir) / EDA_SUMMARY_FILE, eda_summary(prepared))
+
+
+def read_eda_summary(run_dir: str | Path) -> Optional[dict[str, Any]]:
+    """``eda_summary.json`` of a run dir; None before 01_eda wrote it."""
+    obj = read_json(Path(run_dir) / EDA_SUMMARY_FILE)
+    return obj if isinstance(obj, dict) else None
+
+
+def _num(v: Any) -> Optional[float]:
+    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)

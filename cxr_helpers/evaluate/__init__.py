@@ -1,0 +1,1 @@
+"""03 error analysis: metrics with CIs, calibration, thresholds, subgroups, robustness."""

@@ -1,0 +1,1 @@
+"""04 Grad-CAM: CAM methods, localisation, faithfulness and the shortcut check."""

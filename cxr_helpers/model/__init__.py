@@ -1,0 +1,1 @@
+"""The model: backbones, checkpoints with typed metadata, and the one inference path."""

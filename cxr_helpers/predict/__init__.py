@@ -1,0 +1,1 @@
+"""05 prediction: findings for new image files."""

@@ -1,0 +1,133 @@
+"""The model and the decision rules behind 05_predict and ``cxr predict``.
+
+A ``Predictor`` is a trained run's ``Classifier`` (``model.inference.load_model``: the one forward
+path) plus the rules 03 fitted on validation, read by their owners: ``calibration.json``
+(``evaluate.calibration.read_calibration``) and ``thresholds.json``
+(``evaluate.thresholds.read_thresholds``; 0.5 with a warning when absent). Decisions are made on
+``evaluate.calibration.decision_probs``: calibrated where 03 calibrated, raw otherwise. When
+``thresholds.json`` was fitted on other probabilities than that (``applies_to``), the predictor
+carries a one-line warning. Research use only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from cxr_helpers.config import DataConfig
+from cxr_helpers.evaluate.calibration import CalibrationRecord, decision_probs, read_calibration
+from cxr_helpers.evaluate.thresholds import ThresholdRecord, read_thresholds, rule_mismatch
+from cxr_helpers.model.checkpoint import ModelMeta
+from cxr_helpers.model.inference import Classifier, load_model
+from cxr_helpers.paths import resolve_path
+
+RESEARCH_NOTE = (
+    "Research use only: these outputs are model scores for method development, not a diagnosis, "
+    "and must not guide patient care."
+)
+
+
+class PredictError(ValueError):
+    """Prediction cannot start (no run dir, no checkpoint, no inputs); the message is one line."""
+
+
+@dataclass
+class Predictor:
+    """A trained model plus the decision rules fitted on validation.
+
+    classifier: the run's model (None only in tests that inject ``probs_fn``).
+    data: the data settings ``data.geometry.preprocess_image`` needs (image_size, aspect, clahe), as trained.
+    rules: ``thresholds.json`` (per-class thresholds in class order); calibration: ``calibration.json``.
+    warnings: one line each (missing thresholds, thresholds fitted on other probabilities).
+    """
+
+    classifier: Optional[Classifier]
+    classes: list[str]
+    task: str
+    data: DataConfig
+    rules: ThresholdRecord
+    calibration: CalibrationRecord
+    run_dir: Optional[Path] = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def meta(self) -> Optional[ModelMeta]:
+        return self.classifier.meta if self.classifier is not None else None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data.image_size)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """(C,) floats in [0, 1], applied to ``decide``'s probabilities (``p >= t`` is a finding)."""
+        return self.rules.thresholds
+
+    @property
+    def threshold_source(self) -> str:
+        return self.rules.source
+
+    @property
+    def calibration_source(self) -> str:
+        return self.calibration.source
+
+    def decide(self, raw: np.ndarray) -> np.ndarray:
+        """The probabilities findings are called on: ``raw`` (N, C) calibrated where 03 calibrated."""
+        return decision_probs(raw, self.calibration, self.task)
+
+    def rules_table(self) -> pd.DataFrame:
+        """One row per class: threshold, its source, temperature (what decides positive/negative)."""
+        temps = self.calibration.temperatures if self.calibration.in_use else None
+        return pd.DataFrame(
+            {
+                "class": self.classes,
+                "threshold": self.thresholds,
+                "threshold_source": self.threshold_source,
+                "temperature": temps if temps is not None else np.full(len(self.classes), np.nan),
+            }
+        )
+
+
+def prep_settings(meta: ModelMeta, cfg: Any = None) -> DataConfig:
+    """How training images were prepared: ``image_size`` from the checkpoint, ``aspect`` and
+    ``clahe`` from its stored config (``cfg.data`` for an external state dict, which has none).
+    The checkpoint wins over the current config: the model only knows its own input."""
+    data = meta.config.data if meta.config is not None else (cfg.data if cfg is not None else DataConfig())
+    return DataConfig(image_size=int(meta.image_size), aspect=str(data.aspect), clahe=bool(data.clahe))
+
+
+def decision_rules(
+    run_dir: Path, classes: list[str]
+) -> tuple[ThresholdRecord, CalibrationRecord, list[str]]:
+    """The run's thresholds and calibration records and the warnings about them (one line each)."""
+    rules = read_thresholds(run_dir, classes)
+    calibration = read_calibration(run_dir, classes)
+    mismatch = rule_mismatch(rules, calibration)
+    return rules, calibration, list(rules.warnings) + ([mismatch] if mismatch else [])
+
+
+def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -> Predictor:
+    """Load ``run_dir``'s checkpoint (``inference.load_model``) and its decision rules.
+
+    Rule warnings are kept on ``Predictor.warnings``, one line each: 05 shows them in its
+    description (``report.describe``), ``cxr predict`` prints them as ``warning:`` lines.
+    """
+    run_dir = resolve_path(run_dir)
+    if not run_dir.is_dir():
+        raise PredictError(f"run dir not found: {run_dir} (train first: cxr run CONFIG, or point at a run dir)")
+    clf = load_model(run_dir, device)
+    rules, calibration, notes = decision_rules(run_dir, clf.classes)
+    return Predictor(
+        classifier=clf,
+        classes=clf.classes,
+        task=clf.task,
+        data=prep_settings(clf.meta, cfg),
+        rules=rules,
+        calibration=calibration,
+        run_dir=run_dir,
+        warnings=notes,
+    )

@@ -1,0 +1,264 @@
+"""The 05_predict report around ``predict.findings``: where inputs come from, what the reader sees
+first, the findings table, per-image panels with Grad-CAM overlays, and demo inputs from the test split.
+
+Kept apart from ``predict.findings`` (files -> findings, also used by ``cxr predict``) so the command
+line path does not load matplotlib or pytorch-grad-cam.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from cxr_helpers.data.cache import prepare
+from cxr_helpers.data.imageio import read_image
+from cxr_helpers.data.types import PreparedData
+from cxr_helpers.explain.cam import METHOD_LABELS, compute_cams
+from cxr_helpers.predict.findings import PredictionResult
+from cxr_helpers.predict.inputs import one_line, resolve_inputs
+from cxr_helpers.predict.plots import plot_predictions
+from cxr_helpers.predict.predictor import RESEARCH_NOTE, Predictor
+
+DEMO_LABELS = "labels.csv"
+
+
+def write_demo_inputs(
+    prepared: PreparedData, out_dir: str | Path, n: int = 4, split: str = "test", dicom: bool = True
+) -> list[Path]:
+    """Write ``n`` images of ``split`` to ``out_dir`` (and the first again as DICOM) for a demo,
+    with their known findings in ``labels.csv``.
+
+    File sources (a manifest ``path`` that exists) are copied as they are, so the demo decodes and
+    prepares the original file; in-memory sources (synthetic, MedMNIST) are written as PNG from the
+    cache (already at the prepared size: preparing again changes nothing unless CLAHE is on, then
+    it is applied twice: fine for a demo, not for evaluation).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    idx = prepared.split_index(split)
+    if len(idx) == 0:
+        idx = np.arange(len(prepared.images))
+    manifest = prepared.manifest
+    paths: list[Path] = []
+    rows = [int(i) for i in idx[:n]]
+    first_pixels: Optional[np.ndarray] = None
+    for i in rows:
+        image_id = str(manifest["image_id"].iloc[i])
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in image_id)
+        src = Path(str(manifest["path"].iloc[i])) if "path" in manifest else None
+        if src is not None and src.is_file():
+            p = out_dir / f"{split}_{Path(safe).stem}{src.suffix.lower()}"
+            shutil.copyfile(src, p)
+        else:
+            p = out_dir / f"{split}_{safe}.png"
+            Image.fromarray(np.asarray(prepared.images[i], dtype=np.uint8)).save(p)
+        if first_pixels is None:
+            first_pixels = read_image(p)
+        paths.append(p)
+    if dicom and first_pixels is not None:
+        p = out_dir / (paths[0].stem + ".dcm")
+        if p != paths[0]:
+            write_dicom(first_pixels, p)
+            paths.append(p)
+            rows.append(rows[0])
+    truth = manifest[prepared.classes].to_numpy()[rows] > 0.5
+    labels = pd.DataFrame(
+        {
+            "path": [str(p.resolve()) for p in paths],
+            "truth": ["|".join(c for c, hit in zip(prepared.classes, t) if hit) or "(none)" for t in truth],
+        }
+    )
+    labels.to_csv(out_dir / DEMO_LABELS, index=False)
+    return paths
+
+
+def demo_labels(run_dir: str | Path) -> Optional[pd.DataFrame]:
+    """``path, truth`` of the demo images written by ``write_demo_inputs`` (None if there are none)."""
+    p = Path(run_dir) / "predict_inputs" / DEMO_LABELS
+    return pd.read_csv(p, dtype=str, keep_default_na=False) if p.is_file() else None
+
+
+def write_dicom(image: np.ndarray, path: str | Path) -> Path:
+    """Save a uint8 (H, W) grey image as a minimal MONOCHROME2 Secondary Capture DICOM file."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.PatientID = "DEMO"
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = image.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- Grad-CAM for the report
+
+
+def cam_classes(probs: np.ndarray, thresholds: np.ndarray, task: str, max_cams: int = 2) -> list[int]:
+    """Classes to explain for one image: its positive findings by falling probability (at most
+    ``max_cams``); the top class when none is positive or the task is multiclass."""
+    probs = np.asarray(probs, dtype=float)
+    if task == "multiclass":
+        return [int(probs.argmax())]
+    order = [int(k) for k in np.argsort(-probs) if probs[k] >= thresholds[k]]
+    return order[:max_cams] if order else [int(probs.argmax())]
+
+
+def prediction_cams(
+    predictor: Predictor,
+    result: PredictionResult,
+    method: str = "gradcam",
+    max_images: int = 8,
+    max_cams: int = 2,
+    target_layer: Optional[str] = None,
+) -> tuple[Optional[list[list[tuple[str, np.ndarray]]]], str]:
+    """CAM maps for the predicted findings of the first ``max_images`` images.
+
+    Returns (per image a list of (label, float (S, S) map in [0, 1]), note). The maps are None
+    with the reason as note when no target layer works: a report without overlays is still a report.
+    """
+    n = min(max_images, len(result.images))
+    if n == 0:
+        return None, "no images to explain"
+    clf = predictor.classifier
+    pairs = [
+        (i, k)
+        for i in range(n)
+        for k in cam_classes(result.probs[i], predictor.thresholds, predictor.task, max_cams)
+    ]
+    idx_img = np.array([i for i, _ in pairs])
+    idx_cls = np.array([k for _, k in pairs])
+    try:
+        maps = compute_cams(
+            clf.model, result.images[idx_img], idx_cls, method=method, preprocess=clf.preprocess,
+            target_layer=target_layer,
+        )
+    except Exception as exc:  # a report without overlays beats no report
+        return None, f"Grad-CAM skipped: {one_line(exc)}"
+    out: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(n)]
+    for (i, k), cam_map in zip(pairs, maps):
+        name = predictor.classes[k]
+        below = predictor.task != "multiclass" and result.probs[i, k] < predictor.thresholds[k]
+        out[i].append((f"{name}{' (below thr.)' if below else ''}", cam_map))
+    label = METHOD_LABELS.get(method, method)
+    return (
+        out,
+        f"{label} maps for each image's positive findings (top class when none), target = that class's logit",
+    )
+
+
+# ---------------------------------------------------------------- notebook helpers
+
+
+def trained_on_synthetic(predictor: Predictor, cfg: Any = None) -> bool:
+    """True when the checkpoint's (else the config's) data source is the synthetic generator."""
+    meta = predictor.meta
+    if meta is not None and meta.config is not None:
+        return meta.config.data.source == "synthetic"
+    return cfg is not None and cfg.data.source == "synthetic"
+
+
+def describe(predictor: Predictor, cfg: Any = None) -> str:
+    """Markdown: research-use note, synthetic note, preprocessing, threshold and calibration sources, warnings."""
+    d = predictor.data
+    lines = [f"> **{RESEARCH_NOTE}**", ""]
+    if trained_on_synthetic(predictor, cfg):
+        lines += [
+            "> **Synthetic data**: this model was trained on generated CXR-like images; its scores on real "
+            "radiographs mean nothing clinically.",
+            "",
+        ]
+    lines += [
+        f"- Model: `{predictor.meta.arch if predictor.meta is not None else '?'}`, task **{predictor.task}**, "
+        f"classes: {', '.join(predictor.classes)}",
+        f"- Preparation (as in training): {d.image_size} px, aspect `{d.aspect}`, CLAHE {'on' if d.clahe else 'off'}",
+        f"- Thresholds: **{predictor.threshold_source}**",
+        f"- Calibration: **{predictor.calibration_source}**",
+    ]
+    lines += [f"- **Warning**: {w}" for w in predictor.warnings]
+    return "\n".join(lines)
+
+
+def choose_inputs(inputs: Any, cfg: Any, run_dir: str | Path) -> tuple[list[str], str]:
+    """The files/folders to predict and a sentence saying where they came from.
+
+    ``inputs`` (notebook parameter) wins, then ``cfg.predict.inputs``; with neither, a few
+    prepared test-split images are written to ``run_dir/predict_inputs/`` (PNG + one DICOM) so the
+    demo exercises the real file -> read -> prepare -> predict path.
+    """
+    chosen = resolve_inputs(inputs, cfg)
+    if chosen:
+        origin = "the `inputs` parameter" if inputs else "`predict.inputs` in the config"
+        return chosen, f"Predicting {len(chosen)} input path(s) from {origin}."
+    prepared = prepare(cfg, progress=False)
+    out_dir = Path(run_dir) / "predict_inputs"
+    paths = write_demo_inputs(prepared, out_dir, n=cfg.predict.demo_images)
+    return [str(p) for p in paths], (
+        f"No inputs given: wrote {len(paths)} test-split images of this run's data to `{out_dir}` "
+        "(PNG, plus one as DICOM) and predict those files. Pass `inputs` (files or folders) to predict your own."
+    )
+
+
+def outcome_markdown(result: PredictionResult) -> str:
+    """One line: how many images were predicted and how many skipped (listed below it)."""
+    n, k = len(result.table), len(result.skipped)
+    text = f"**{n}** image(s) predicted, **{k}** skipped."
+    if k:
+        text += " Skipped inputs and why:"
+    return text
+
+
+def report_table(
+    result: PredictionResult, classes: list[str], labels: Optional[pd.DataFrame] = None, digits: int = 3
+) -> pd.DataFrame:
+    """The findings table for display: image, positive findings, top finding, probabilities (rounded).
+
+    labels: optional ``path, truth`` (the demo images' known findings), shown as a ``truth`` column.
+    """
+    t = result.table
+    out = t[["image", "findings", "top_finding", "top_prob"] + [f"p_{c}" for c in classes]].copy()
+    out["findings"] = out["findings"].replace("", "(none above threshold)")
+    if labels is not None and len(labels):
+        truth = dict(zip(labels["path"], labels["truth"]))
+        known = [truth.get(str(Path(p).resolve())) for p in t["path"]]
+        if any(k is not None for k in known):
+            out.insert(2, "truth", [k if k is not None else "" for k in known])
+    return out.round(digits)
+
+
+def report_panels(predictor: Predictor, result: PredictionResult, cfg: Any) -> tuple[Any, str]:
+    """The per-image figure (image, probability bars vs thresholds, CAM overlays) and a note on CAMs."""
+    n = min(cfg.predict.max_panels, len(result.table))
+    cams, note = None, "Grad-CAM off (predict.cam: false)"
+    if cfg.predict.cam:
+        cams, note = prediction_cams(
+            predictor, result, method=cfg.predict.cam_method, max_images=n, target_layer=cfg.cam.target_layer
+        )
+    titles = [
+        f"{r.image}\ntop: {r.top_finding} ({r.top_prob:.2f})" for r in result.table.iloc[:n].itertuples()
+    ]
+    fig = plot_predictions(
+        result.images[:n], result.probs[:n], predictor.classes, predictor.thresholds, titles, cams=cams
+    )
+    if n < len(result.table):
+        note += f" Showing the first {n} of {len(result.table)} images (predict.max_panels)."
+    return fig, note

@@ -1,0 +1,1 @@
+"""Running notebooks: CLI, runner, notebook setup, HTML, index pages, provenance."""

@@ -1,0 +1,1 @@
+"""02 training: the loop, losses and the training report helpers."""
