@@ -1,6 +1,7 @@
 """Pins the demo case on a small config: same seed, same machine -> the predictions of main.
 
-``tests/golden/demo_small_test.csv`` and ``demo_small_fit.json`` were written by main before the
+``tests/golden/demo_small_test.csv``, ``demo_small_fit.json`` and ``pneumoniamnist_small_test.csv``
+were written by main before the
 stage reorganisation (issue 12): synthetic data, resnet18 at 32 px, 2 epochs on CPU in fp32 with
 one thread. Training the same config here must give the same test predictions, temperatures and
 thresholds within 1e-6; a change in the forward path, the loop's RNG use or the metrics shows up
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 
-from cxr_helpers.config import Config
+from cxr_helpers.config import Config, load_config
 from cxr_helpers.data.cache import prepare
 from cxr_helpers.evaluate.calibration import apply_temperature, calibration_summary
 from cxr_helpers.evaluate.thresholds import fit_thresholds
+from cxr_helpers.paths import project_root
 from cxr_helpers.train.loop import train
 from cxr_helpers.train.predictions import read_predictions
 
@@ -77,3 +80,24 @@ def test_demo_small_matches_main(tmp_path, one_thread):
     assert set(thr) == set(fit["thresholds"])
     for c in classes:
         assert abs(float(thr[c]) - fit["thresholds"][c]) <= TOL, c
+
+
+@pytest.mark.slow
+def test_pneumoniamnist_small_matches_main(tmp_path, one_thread, shared_data):
+    """The shipped PneumoniaMNIST recipe (two-class CE with label smoothing, one-cycle, EMA of the
+    weights, batch augmentation) on 600 images per split for 2 epochs: the test predictions come
+    from ``best.pt``, which must hold the EMA weights validation scored, as on main."""
+    npz = shared_path(shared_data, "pneumoniamnist/pneumoniamnist.npz")
+    cfg = load_config(project_root() / "configs" / "pneumoniamnist.yaml", [
+        f"data.root={npz}", "data.max_images=600", "train.epochs=2", "train.amp=off", "train.threads=1",
+        "train.num_workers=0", "train.device=cpu", f"data.cache_dir={tmp_path / 'cache'}",
+        "tracking.tensorboard=false",
+    ])
+    assert cfg.train.ema and cfg.train.loss == "ce" and cfg.train.scheduler == "onecycle"
+    data = prepare(cfg, progress=False)
+    train(cfg, tmp_path / "run", data, progress=False)
+    classes = list(data.classes)
+    got = read_predictions(tmp_path / "run/predictions/test.csv", classes)
+    want = read_predictions(GOLDEN / "pneumoniamnist_small_test.csv", classes)
+    assert list(got.image_id) == list(want.image_id)
+    np.testing.assert_allclose(got.P, want.P, rtol=0, atol=TOL)

@@ -300,3 +300,20 @@ def test_training_auroc_is_the_metrics_auroc_and_equals_sklearn():
     assert macro_mean(per) == pytest.approx(np.mean([roc_auc_score(Y[:, k], P[:, k]) for k in range(3)]), abs=1e-12)
     P[0, 0] = np.nan
     assert auroc_per_class(Y, P)[0] is None
+
+
+def test_best_checkpoint_holds_the_ema_weights_validation_scored(tmp_path):
+    """With EMA, validation scores the averaged weights, so best.pt must hold them: the val AUROC in
+    history.csv equals the AUROC of predictions/val.csv (written from best.pt), and last.pt keeps the
+    raw weights separately for resuming."""
+    prepared = tiny_prepared()
+    res = train(tiny_config(epochs=2, ema=True, ema_decay=0.9), tmp_path, prepared, progress=False)
+    classes = ["C0", "C1", "C2"]
+    val = read_predictions(tmp_path / "predictions" / "val.csv", classes)
+    best = res.history.set_index("epoch").loc[res.best_epoch]
+    recomputed = macro_mean([auroc(val.Y[:, k], val.P[:, k]) for k in range(len(classes))])
+    assert recomputed == pytest.approx(best["val_macro_auroc"], abs=1e-6)
+    ck_best, ck_last = load_checkpoint(tmp_path / "model" / "best.pt"), load_checkpoint(tmp_path / "model" / "last.pt")
+    assert "raw_model" not in ck_best and "raw_model" in ck_last
+    if res.best_epoch == 2:
+        assert all(torch.equal(ck_best["model"][k], ck_last["model"][k]) for k in ck_best["model"])

@@ -145,8 +145,8 @@ def fit(ctx: RunContext, loggers: Loggers, progress: bool = True) -> Progress:
             write_history(ctx.run_dir, done.history)
             loggers.log(row, epoch + 1)
             if is_best:
-                save_checkpoint(ctx.run_dir / "model" / "best.pt", checkpoint_payload(ctx, done, epoch + 1))
-            save_checkpoint(last_path, checkpoint_payload(ctx, done, epoch + 1, opt))
+                save_checkpoint(ctx.run_dir / "model" / "best.pt", checkpoint_payload(ctx, done, epoch + 1, opt))
+            save_checkpoint(last_path, checkpoint_payload(ctx, done, epoch + 1, opt, train_state=True))
         if bar is not None:
             auc = row.get("val_macro_auroc")
             bar.set_postfix(loss=f"{stats.train_loss:.3f}", auroc="-" if auc is None else f"{auc:.3f}", refresh=False)

@@ -191,10 +191,15 @@ def _cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_payload(
-    ctx: RunContext, progress: Progress, epoch: int, opt: Optional[Optimisation] = None
+    ctx: RunContext,
+    progress: Progress,
+    epoch: int,
+    opt: Optional[Optimisation] = None,
+    train_state: bool = False,
 ) -> dict[str, Any]:
-    """The dict ``save_checkpoint`` writes after ``epoch``: ``ModelMeta`` keys, weights, history, and
-    with ``opt`` (``last.pt``) the training state."""
+    """The dict ``save_checkpoint`` writes after ``epoch``: ``ModelMeta`` keys, the weights later
+    stages use (the EMA average when ``opt`` keeps one), history, and with ``train_state``
+    (``last.pt``) what resuming needs: raw weights, optimiser, schedule, scaler, patience."""
     cfg = ctx.cfg
     meta = ModelMeta(
         classes=tuple(ctx.classes),
@@ -218,7 +223,7 @@ def checkpoint_payload(
     p["config"] = clean(p["config"])
     p["model"] = _cpu(ema.state if ema is not None else ctx.model.state_dict())
     p["history"] = clean(progress.history)
-    if opt is not None:
+    if train_state and opt is not None:
         if ema is not None:
             p["raw_model"] = _cpu(ctx.model.state_dict())
         p["optimizer"] = opt.optimizer.state_dict()
