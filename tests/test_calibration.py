@@ -105,3 +105,6 @@ def test_read_calibration_missing_and_bad_files(tmp_path) -> None:
     (tmp_path / "calibration.json").write_text("{oops")
     with pytest.raises(CalibrationError, match="re-run 03_error_analysis"):
         read_calibration(tmp_path / "calibration.json", ["a"])
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": {"a": 0.0, "b": 1.5}}))
+    with pytest.raises(CalibrationError, match="temperature for a is not a positive number"):
+        read_calibration(tmp_path, ["a", "b"])

@@ -254,7 +254,8 @@ def test_cam_model_of_an_external_checkpoint_uses_the_backbone_normalisation(tmp
     torch.save(state, tmp_path / "external.pt")
     cfg.model.checkpoint = str(tmp_path / "external.pt")
     clf = load_cam_model(tmp_path, cfg, ["A", "B"])
-    assert clf.meta.external and clf.classes == ["A", "B"] and clf.amp is None
+    assert clf.meta.external and clf.classes == ["A", "B"] and clf.amp is None and clf.task == "multilabel"
+    assert load_cam_model(tmp_path, cfg, ["A", "B"], task="multiclass").task == "multiclass"
     mean, std = model_norm(clf.model, 1)
     assert clf.preprocess.mean == tuple(mean) and clf.preprocess.std == tuple(std)
     imgs = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)

@@ -31,6 +31,7 @@ from cxr_helpers.metrics import (
     at_threshold,
     auroc,
     average_precision,
+    average_ranks,
     fmt,
     fmt_ci,
     headline_auroc,
@@ -134,6 +135,8 @@ def test_pneumonia_headline_auroc_matches_sklearn(tmp_path) -> None:
     labels = [label for label, _ in headline_entries(back)]
     assert labels == ["Test macro AUROC", "Test micro AUROC", "Test macro AP", "Test accuracy", "Test balanced accuracy",
                       "Test ECE (calibrated)"]
+    back["calibration"]["applied"] = False
+    assert headline_entries(back)[-1][0] == "Test ECE (raw probabilities)"
     assert read_metrics(tmp_path / "nope") is None
     assert headline_auroc(pred.Y, pred.P, "multiclass") == pytest.approx(ref, abs=1e-12)
 
@@ -288,3 +291,11 @@ def test_per_class_auroc_matches_sklearn_and_skips_undefined() -> None:
     out = per_class_auroc(Y, P)
     assert out[0] == pytest.approx(roc_auc_score(Y[:, 0], P[:, 0]), abs=1e-12)
     assert out[1] is None and out[2] is None
+
+
+def test_average_ranks_equal_scipy_rankdata() -> None:
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(4)
+    for x in (rng.random(50), rng.integers(0, 5, 200).astype(float), np.array([1.0]), np.zeros(0), np.full(7, 0.3)):
+        np.testing.assert_array_equal(average_ranks(x), rankdata(x))

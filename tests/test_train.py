@@ -242,6 +242,23 @@ def test_amp_auto_choices():
     )
 
 
+def test_inference_keeps_training_precision_only_where_the_device_runs_it_fast(monkeypatch):
+    import cxr_helpers.runtime as rt
+    from cxr_helpers.config import ModelConfig
+    from cxr_helpers.model.backbones import create_model
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    resnet, effnet = create_model(ModelConfig(arch="resnet18"), 2), create_model(ModelConfig(arch="efficientnet_b0"), 2)
+    assert rt.inference_amp(torch.float16, gpu, resnet) == torch.float16
+    assert rt.inference_amp(None, gpu, resnet) is None
+    monkeypatch.setattr(rt, "cpu_has_fast_bf16", lambda: False)
+    assert rt.inference_amp(torch.bfloat16, cpu, resnet) is None  # emulated bf16: fp32 instead
+    monkeypatch.setattr(rt, "cpu_has_fast_bf16", lambda: True)
+    assert rt.inference_amp(torch.float16, cpu, resnet) == torch.bfloat16
+    assert rt.inference_amp(torch.bfloat16, cpu, effnet) is None  # depthwise convs: fp32 on CPU
+    assert rt.inference_amp(None, cpu, resnet) is None
+
+
 def test_training_clears_results_fitted_on_the_previous_model(tmp_path):
     """Retraining into a run dir must not leave thresholds/calibration/metrics of the old model."""
     for name in ("thresholds.json", "calibration.json", "metrics.json", "cam_metrics.json"):

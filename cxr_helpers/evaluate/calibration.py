@@ -309,6 +309,11 @@ def read_calibration(run_dir_or_file: str | Path, classes: list[str]) -> Calibra
         temps = np.array([float(raw[c]) for c in classes])
     else:
         temps = np.full(len(classes), float(raw))
+    bad = [c for c, v in zip(classes, temps) if not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise CalibrationError(
+            f"{path}: temperature for {', '.join(bad)} is not a positive number; re-run 03_error_analysis"
+        )
     applied = bool(obj.get("applied", True))
     fitted = str(obj.get("fitted_on", "val"))
     kind = "one temperature" if len(temps) and np.allclose(temps, temps[0]) else "per-class temperatures"

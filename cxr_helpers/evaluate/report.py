@@ -433,7 +433,7 @@ HEADLINE_LABELS = (
     ("macro_ap", "Test macro AP"),
     ("accuracy", "Test accuracy"),
     ("balanced_accuracy", "Test balanced accuracy"),
-    ("ece", "Test ECE (calibrated)"),
+    ("ece", "Test ECE"),
 )
 
 
@@ -441,8 +441,12 @@ def headline_entries(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]
     """(label, ``{"value", "ci_low", "ci_high"}``) for the front pages, in ``HEADLINE_LABELS`` order,
     for the metrics this run has (accuracy for multiclass, ECE of the probabilities decisions use)."""
     out = []
+    calibration = metrics.get("calibration")
     for key, label in HEADLINE_LABELS:
-        entry = lookup_metric(metrics, key, metrics.get("calibration"))
-        if entry is not None and entry.get("value") is not None:
-            out.append((label, entry))
+        entry = lookup_metric(metrics, key, calibration)
+        if entry is None or entry.get("value") is None:
+            continue
+        if key == "ece":
+            label += " (calibrated)" if (calibration or {}).get("applied") else " (raw probabilities)"
+        out.append((label, entry))
     return out

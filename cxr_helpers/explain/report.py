@@ -46,20 +46,25 @@ class CamReportError(ValueError):
 
 
 def load_cam_model(
-    run_dir: str | Path, cfg: Config, classes: list[str], device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    cfg: Config,
+    classes: list[str],
+    device: str | torch.device = "cpu",
+    task: Optional[str] = None,
 ) -> Classifier:
     """The run's ``Classifier`` on ``device`` (``model/best.pt``, ``inference.load_model``).
 
     Without a run checkpoint but with ``model.checkpoint`` set, the external state dict
     (``inference.load_external``: ``model.arch`` with the backbone's own normalisation; its meta
-    says ``external``). CamReportError (one line) when there is neither, or the classes differ.
+    says ``external``; ``task``, the data's, picks softmax or sigmoid for it). CamReportError (one
+    line) when there is neither, or the classes differ.
     """
     try:
         clf = load_model(run_dir, device)
     except CheckpointError as exc:
         if not cfg.model.checkpoint:
             raise CamReportError(f"{exc}; 04_gradcam needs a trained model (run 02_train first)") from None
-        return load_external(cfg, classes, device)
+        return load_external(cfg, classes, device, task)
     if clf.classes != list(classes):
         raise CamReportError(
             f"{clf.meta.path}: the model's classes {clf.classes} differ from the data's {list(classes)}; "

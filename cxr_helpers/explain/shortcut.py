@@ -227,7 +227,7 @@ def comparison_models(
         missing = f"cam.compare_run {cc.compare_run} has no model/best.pt (run that config first); "
         compare = None
     if compare is not None:
-        other = load_cam_model(compare, cfg, data.classes)
+        other = load_cam_model(compare, cfg, data.classes, task=data.task)
         how = f"compared with the model in cam.compare_run: {describe_training(other.meta, run_dir=compare)}"
         return {"compare_run model": other}, how
     epochs = max(1, min(cc.shortcut_epochs, cfg.train.epochs))

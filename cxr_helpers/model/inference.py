@@ -181,8 +181,9 @@ def _device(device: str | torch.device) -> torch.device:
 def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """A ``Classifier`` from a run dir (``model/best.pt``) or a cxr ``.pt`` file.
 
-    The autocast dtype is the one training recorded; version-1 checkpoints, which did not record
-    it, resolve their config's ``train.amp`` for this device as training did.
+    The autocast dtype is the one training recorded where this device runs it fast
+    (``runtime.inference_amp``); version-1 checkpoints, which did not record it, resolve their
+    config's ``train.amp`` for this device as training did.
     """
     path = find_checkpoint(run_dir_or_ckpt)
     ck = load_checkpoint(path, map_location="cpu")
@@ -195,20 +196,23 @@ def load_model(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") 
     if meta.amp is None:
         amp = resolve_model_amp(meta.config.train.amp, dev, model)
     else:
-        amp = inference_amp(amp_from_name(meta.amp), dev)
+        amp = inference_amp(amp_from_name(meta.amp), dev, model)
     return Classifier(model, meta, dev, amp, Preprocess.from_meta(meta))
 
 
-def load_external(cfg: Config, classes: Sequence[str], device: str | torch.device = "cpu") -> Classifier:
+def load_external(
+    cfg: Config, classes: Sequence[str], device: str | torch.device = "cpu", task: Optional[str] = None
+) -> Classifier:
     """A ``Classifier`` for the external state dict ``cfg.model.checkpoint`` (no cxr run behind it):
-    ``model.arch`` with the backbone's own normalisation, fp32."""
+    ``model.arch`` with the backbone's own normalisation, fp32. ``task``: the data's task (softmax
+    for ``multiclass``); default ``data.task``, else multilabel."""
     mcfg = dataclasses.replace(cfg.model, pretrained=False, weights=None, checkpoint=None)
     model = create_model(mcfg, num_classes=len(classes))
     load_weights(model, resolve_path(cfg.model.checkpoint), key="model.checkpoint", strict_head=True)
     mean, std = model_norm(model, cfg.model.in_chans)
     meta = ModelMeta(
         classes=tuple(classes),
-        task=cfg.data.task or "multilabel",
+        task=task or cfg.data.task or "multilabel",
         arch=cfg.model.arch,
         in_chans=cfg.model.in_chans,
         image_size=cfg.data.image_size,
