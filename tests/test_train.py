@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 import cxr_helpers.train.context as context_mod
 import cxr_helpers.train.loop as train_mod
@@ -120,8 +121,45 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(TrainingError) as err:
         train(tiny_config(epochs=3), tmp_path, tiny_prepared(), progress=False)
     msg = str(err.value)
-    assert "loss became nan at epoch 2" in msg and "last.pt" in msg and "\n" not in msg
+    assert "loss became nan at epoch 2" in msg and "best checkpoint (finite validation metric)" in msg
+    assert "\n" not in msg
     assert load_checkpoint(tmp_path / "model" / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "model" / "best.pt")["epoch"] == 1
+
+
+def test_diverged_run_leaves_no_best_checkpoint_and_its_model_is_refused(tmp_path):
+    """lr=1e6: epoch 1 ends with NaN validation outputs (metric None) and epoch 2's loss is NaN. Before,
+    epoch 1 became best.pt and `cxr predict` returned all-NaN probabilities with exit code 0."""
+    from cxr_helpers.model.checkpoint import save_checkpoint
+    from cxr_helpers.model.inference import InferenceError
+    from cxr_helpers.run.cli import main as cxr_main
+
+    prepared = tiny_prepared()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "best.pt").write_bytes(b"a previous model's checkpoint")
+    with pytest.raises(TrainingError) as err:
+        train(tiny_config(epochs=3, lr=1e6), tmp_path, prepared, progress=False)
+    assert "no epoch had a finite validation metric, so there is no model/best.pt" in str(err.value)
+    assert not (tmp_path / "model" / "best.pt").exists()  # neither this run's broken epoch nor the old model
+    assert pd.read_csv(tmp_path / "history.csv")["val_macro_auroc"].isna().all()
+
+    ck = load_checkpoint(tmp_path / "model" / "last.pt")  # the NaN-producing epoch-1 weights
+    save_checkpoint(tmp_path / "model" / "best.pt", {k: v for k, v in ck.items() if k not in ("format", "version")})
+    clf = load_model(tmp_path, "cpu")
+    with pytest.raises(InferenceError, match="non-finite outputs .* best.pt|best.pt: the model gives non-finite"):
+        clf.probs(prepared.images[:4])
+    png = tmp_path / "new.png"
+    Image.fromarray(prepared.images[0]).save(png)
+    assert cxr_main(["predict", str(tmp_path), str(png)]) == 2
+
+
+def test_only_a_finite_metric_can_be_best():
+    from cxr_helpers.train.state import Progress
+
+    p = Progress()
+    assert not p.record({"epoch": 1}, None, True) and not p.record({"epoch": 2}, float("nan"), True)
+    assert p.best_epoch == 0 and p.record({"epoch": 3}, 0.6, True) and p.best_epoch == 3
+    assert not p.record({"epoch": 4}, float("inf"), False) and p.best_epoch == 3
 
 
 def test_corrupt_and_foreign_checkpoints_fail_in_one_line(tmp_path):

@@ -34,6 +34,10 @@ from cxr_helpers.runtime import (
 )
 
 
+class InferenceError(ValueError):
+    """A model cannot give usable outputs (non-finite logits); the message names the checkpoint."""
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """uint8 pixels -> normalised model input: ``(x / 255 - mean) / std``, grey repeated to
@@ -148,7 +152,8 @@ class Classifier:
         self, images: np.ndarray, batch_size: int = 128, tta: Optional[Sequence[str]] = None
     ) -> np.ndarray:
         """(N, C) float32 logits for pixels (N, S, S), averaged over TTA views (``shift``,
-        ``scale``, ``hflip``; the identity view is always included)."""
+        ``scale``, ``hflip``; the identity view is always included). InferenceError (one line,
+        naming the checkpoint) when any output is not finite: a NaN is never passed on as a score."""
         imgs = np.asarray(images)
         if imgs.ndim != 3:
             raise ValueError(f"images must be (N, S, S) pixels, got shape {imgs.shape}")
@@ -161,7 +166,15 @@ class Classifier:
             out.append((acc / len(views)).cpu())
         if not out:
             return np.zeros((0, len(self.meta.classes)), dtype=np.float32)
-        return torch.cat(out).numpy()
+        logits = torch.cat(out).numpy()
+        bad = ~np.isfinite(logits).all(axis=1)
+        if bad.any():
+            raise InferenceError(
+                f"{self.meta.path or self.meta.arch}: the model gives non-finite outputs (NaN/inf) for "
+                f"{int(bad.sum())} of {len(logits)} images, so it has no usable predictions (training "
+                "diverged?); retrain with a lower train.lr or use another checkpoint"
+            )
+        return logits
 
     def probs(self, images: np.ndarray, batch_size: int = 128, tta: Optional[Sequence[str]] = None) -> np.ndarray:
         """probs: (N, C) floats in [0, 1] (softmax rows for multiclass, sigmoid per class otherwise)."""

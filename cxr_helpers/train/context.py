@@ -143,6 +143,9 @@ def _start_runtime(cfg: Config, run_dir: Path) -> tuple[int, int, bool, torch.de
     if rank == 0:
         (run_dir / "model").mkdir(parents=True, exist_ok=True)
         clear_downstream(run_dir)
+        resuming = cfg.train.resume and (run_dir / "model" / "last.pt").is_file()
+        if not resuming and not cfg.model.checkpoint:
+            (run_dir / "model" / "best.pt").unlink(missing_ok=True)  # the previous model's, not this run's
     return rank, world, distributed, device
 
 

@@ -56,6 +56,14 @@ def _optimiser_step(model: nn.Module, opt: Optimisation, grad_clip: Optional[flo
         opt.ema.update(model)
 
 
+def _kept_note(run_dir: Path) -> str:
+    """What a stopped run leaves: the best checkpoint (finite validation metric) if any epoch had one."""
+    best = run_dir / "model" / "best.pt"
+    if best.is_file():
+        return f"best checkpoint (finite validation metric) kept at {best}"
+    return "no epoch had a finite validation metric, so there is no model/best.pt"
+
+
 def train_one_epoch(
     ctx: RunContext, fwd: nn.Module, opt: Optimisation, augment: BatchAugment, epoch: int, last_path: Path
 ) -> EpochStats:
@@ -91,9 +99,8 @@ def train_one_epoch(
             loss = ctx.loss_fn(logits, y)
             if (b % check_every == 0 or b + 1 == n_batches) and not bool(torch.isfinite(loss)):
                 raise TrainingError(
-                    f"train: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; stopped, "
-                    f"last good checkpoint kept at {last_path if epoch else 'none (first epoch)'}; "
-                    "lower train.lr, set train.grad_clip, or try train.amp=off"
+                    f"train: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; stopped. "
+                    f"{_kept_note(ctx.run_dir)}; lower train.lr, set train.grad_clip, or try train.amp=off"
                 )
             scaled = loss / opt.accum
             (opt.scaler.scale(scaled) if opt.scaler is not None else scaled).backward()

@@ -158,6 +158,12 @@ def fit(ctx: RunContext, loggers: Loggers, progress: bool = True) -> Progress:
     if bar is not None:
         bar.close()
     barrier(ctx.distributed)
+    if done.best_epoch == 0:
+        raise TrainingError(
+            f"train: no epoch had a finite validation {tc.monitor} ({len(done.history)} epochs, see "
+            f"{ctx.run_dir / 'history.csv'}), so no model/best.pt was written; if the loss diverged lower "
+            "train.lr, if the validation split lacks positives use train.monitor=loss"
+        )
     return done
 
 

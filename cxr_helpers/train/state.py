@@ -173,13 +173,16 @@ class Progress:
     images_per_s: list[float] = field(default_factory=list)
 
     def record(self, row: dict[str, Any], value: Optional[float], higher_better: bool) -> bool:
-        """Append ``row`` (epoch ``row["epoch"]``); True when it is the new best."""
+        """Append ``row`` (epoch ``row["epoch"]``); True when it is the new best.
+
+        Only an epoch whose monitored metric is a finite number can be best: an epoch whose
+        validation outputs were NaN (a diverging run) or whose metric is undefined never becomes
+        ``best.pt``, so later stages cannot pick up a broken model."""
         self.history.append(row)
         best = self.best_metric
-        improved = (best is None and value is not None) or (
-            value is not None and best is not None and (value > best if higher_better else value < best)
-        )
-        if improved or self.best_epoch == 0:
+        finite = value is not None and math.isfinite(value)
+        improved = finite and (best is None or (value > best if higher_better else value < best))
+        if improved:
             self.best_metric, self.best_epoch, self.bad_epochs = value, int(row["epoch"]), 0
             return True
         self.bad_epochs += 1
