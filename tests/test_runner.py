@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -151,3 +152,81 @@ def test_headline_metrics_read_the_result_files(tmp_path):
     assert heads["Skipped / missing files"] == "1 / 3"
     assert heads["Leakage check"] == "warning"
     assert heads["Grad-CAM"] == "pointing game 0.4 vs 0.1"
+
+
+def test_every_cli_failure_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import cxr_helpers.train.loop as loop
+    from cxr_helpers.train.loop import TrainingError
+
+    def fails_with(exc):
+        def fake(*args, **kwargs):
+            raise exc
+
+        return fake
+
+    for exc, code, text in [
+        (TrainingError("train: loss became nan at epoch 2, batch 3; stopped."), 1, "TrainingError: train: loss became nan"),
+        (OSError(28, "No space left on device"), 1, "OSError: [Errno 28] No space left on device"),
+        (RuntimeError("[enforce fail at inline_container.cc:603]\nline two"), 1, "RuntimeError: [enforce fail"),
+    ]:
+        monkeypatch.setattr(loop, "train_from_config", fails_with(exc))
+        assert main(["train", "configs/demo.yaml"]) == code
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and text in err and "--debug" in err, err
+    with pytest.raises(RuntimeError, match="enforce fail"):  # the last fake, re-raised whole
+        main(["--debug", "train", "configs/demo.yaml"])
+
+
+def test_kernelspec_is_private_to_the_interpreter_and_project(tmp_path, monkeypatch):
+    import json as _json
+
+    from cxr_helpers.paths import project_root
+    from cxr_helpers.run.runner import kernel_for_this_python
+
+    monkeypatch.setenv("JUPYTER_PATH", "")
+    dirs = []
+    for name in ("a", "b", "a"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        monkeypatch.setenv("CXR_ROOT", str(tmp_path / name))
+        project_root.cache_clear()
+        kernel_for_this_python()
+        first = os.environ["JUPYTER_PATH"].split(os.pathsep)[0]
+        spec = _json.loads((Path(first) / "kernels" / "cxr-run" / "kernel.json").read_text())
+        assert spec["env"]["CXR_ROOT"] == str(tmp_path / name) and spec["argv"][0] == sys.executable
+        dirs.append(first)
+    project_root.cache_clear()
+    assert dirs[0] != dirs[1] and dirs[0] == dirs[2]
+    assert len(os.environ["JUPYTER_PATH"].split(os.pathsep)) == 2
+
+
+def test_a_second_run_on_a_busy_run_dir_refuses_and_a_dead_runs_lock_is_taken_over(project, capsys):
+    """Two `cxr run --out D` at once: the second refuses in one line naming the first (its config.yaml
+    untouched); after the first is killed (no clean-up), the next run takes the stale lock over."""
+    import signal
+    import subprocess
+
+    from cxr_helpers.run.lock import LOCK_FILE, run_dir_lock
+
+    run_dir = project / "outputs" / "t"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("name: t\nseed: 0\n# the first run's\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom cxr_helpers.run.lock import run_dir_lock\n"
+         "with run_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(60)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["run", "configs/t.yaml", "--set", "seed=1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "in use by another cxr run" in err and f"pid {holder.pid}" in err
+        assert "# the first run's" in (run_dir / "config.yaml").read_text()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (run_dir / LOCK_FILE).is_file()  # killed: nothing removed it
+    notes = []
+    with run_dir_lock(run_dir, log=notes.append) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert len(notes) == 1 and f"pid {holder.pid}" in notes[0] and "no longer runs" in notes[0]
+    assert not (run_dir / LOCK_FILE).exists()

@@ -1,8 +1,10 @@
 """The ``cxr`` command: ``cxr run`` (notebook chain), ``cxr train`` (training without a notebook,
 for torchrun and clusters), ``cxr predict`` (findings for new image files).
 
-User errors (bad config key, missing file) print one line and exit 2; a failed notebook exits 1
-after its report and both index pages are written.
+Every failure is one line on stderr and a non-zero exit: usage and input errors (bad config key,
+missing file, a model that cannot be used) exit 2; a failed notebook exits 1 after its report and
+both index pages are written; anything else (a diverged training, a full disk) exits 1 with the
+error's type and first line. ``--debug`` (before the command) shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification analysis toolkit.")
+    parser.add_argument("--debug", action="store_true", help="on failure, show the full traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_run = sub.add_parser("run", help="execute the numbered notebooks with papermill into a run dir + HTML reports")
@@ -92,13 +95,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     handlers = {"run": _cmd_run, "train": _cmd_train, "predict": _cmd_predict}
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"cxr {args.command}: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"cxr {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        usage = isinstance(exc, (ConfigError, FileNotFoundError, ValueError))
+        print(f"cxr {args.command}: {_one_line(exc, with_type=not usage)}", file=sys.stderr)
+        return 2 if usage else 1
+
+
+def _one_line(exc: BaseException, with_type: bool) -> str:
+    """The error's first line (our errors are written as one line), prefixed with its type when
+    it is not one of ours, plus where to get the rest."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if with_type or not line:
+        line = f"{type(exc).__name__}: {line}".rstrip(": ")
+    return line + (" (cxr --debug ... shows the traceback)" if with_type else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ failed, and both index pages are rewritten, so a crash still leaves a readable r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from cxr_helpers.config import Config, load_config, save_config
 from cxr_helpers.paths import notebooks_dir, project_root, resolve_path
 from cxr_helpers.run import index_pages, provenance
 from cxr_helpers.run.html import notebook_to_html
+from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
 
 KERNEL_NAME = "cxr-run"
 
@@ -60,8 +62,16 @@ def select_notebooks(cfg: Config, only: Optional[str]) -> list[str]:
 
 
 def kernel_for_this_python() -> str:
-    """Register a private kernelspec for ``sys.executable`` (first on JUPYTER_PATH) and return its name."""
-    base = Path(tempfile.gettempdir()) / f"cxr-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    """Register a private kernelspec for ``sys.executable`` and this project (first on JUPYTER_PATH)
+    and return its name.
+
+    The spec folder is keyed by a hash of the interpreter and the project root, so runs from two
+    checkouts (or two venvs) of one user never overwrite each other's kernel; it is written
+    atomically, so a run starting while another registers never reads half a file.
+    """
+    root = str(project_root())
+    key = hashlib.sha1(f"{sys.executable}\0{root}".encode()).hexdigest()[:12]
+    base = Path(tempfile.gettempdir()) / f"cxr-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}-{key}"
     kdir = base / "kernels" / KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
     spec = {
@@ -70,15 +80,16 @@ def kernel_for_this_python() -> str:
         "display_name": "Python (cxr run)",
         "language": "python",
         # no tqdm bars inside reports (they render as red stderr text); the terminal shows progress
-        "env": {"CXR_ROOT": str(project_root()), "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"},
+        "env": {"CXR_ROOT": root, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"},
     }
     target = kdir / "kernel.json"
     text = json.dumps(spec, indent=1)
     if not target.is_file() or target.read_text() != text:
-        target.write_text(text)
-    paths = os.environ.get("JUPYTER_PATH", "")
-    if str(base) not in paths.split(os.pathsep):
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(base), paths) if p)
+        tmp = kdir / f".kernel.json.tmp{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(base)]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(base), *paths])
     return KERNEL_NAME
 
 
@@ -111,7 +122,8 @@ class _Plan:
 
 
 def _plan(config, overrides, out, only, hide_code, log) -> _Plan:
-    """Load the config, pick the notebooks, create the run dir and write its ``config.yaml``."""
+    """Load the config, pick the notebooks and create the run dir (``config.yaml`` is written by
+    ``run`` once it holds the run dir's lock)."""
     config_path = resolve_path(config)
     cfg = load_config(config_path, list(overrides))
     names = select_notebooks(cfg, only)
@@ -127,7 +139,6 @@ def _plan(config, overrides, out, only, hide_code, log) -> _Plan:
         names = select_notebooks(cfg, only)
         log(f"--only {only}: using {resolved} (what this run ran with)"
             + (f" with {len(overrides)} override(s)" if overrides else ""))
-    save_config(cfg, resolved)
     hide = cfg.report.hide_code if hide_code is None else hide_code
     return _Plan(cfg, config_path, resolved, names, run_dir, outputs_dir, hide)
 
@@ -191,8 +202,21 @@ def _execute(plan: _Plan, name: str, kernel: str, progress: bool, log) -> tuple[
 def run(config: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), out: Optional[str] = None,
         only: Optional[str] = None, hide_code: Optional[bool] = None, progress: bool = True,
         log=print) -> RunResult:
-    """Execute the configured notebooks into a run dir; never raises for a notebook failure."""
+    """Execute the configured notebooks into a run dir; never raises for a notebook failure.
+
+    The run holds the run dir's lock (``run.lock``) from before it writes ``config.yaml`` until
+    its last page is written; RunError (one line) when another live run holds it."""
     plan = _plan(config, overrides, out, only, hide_code, log)
+    try:
+        with run_dir_lock(plan.run_dir, log):
+            save_config(plan.cfg, plan.resolved)
+            return _run_locked(plan, overrides, only, progress, log)
+    except RunDirLocked as exc:
+        raise RunError(str(exc)) from None
+
+
+def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
+    """``run``'s body, with the lock held: provenance, status, each notebook, the index pages."""
     run_dir, names = plan.run_dir, plan.names
     prov = _start_provenance(plan, overrides, only)
     status = _start_status(plan, only, prov["started"])
