@@ -363,8 +363,8 @@ def test_class_order_and_task_conversion(shared_data):
     npz = shared_path(shared_data, "pneumoniamnist/pneumoniamnist.npz")
     sd = load_source(_cfg("medmnist", npz, classes=["pneumonia", "normal"]))
     assert sd.classes == ["pneumonia", "normal"] and list(sd.manifest.columns[4:6]) == ["pneumonia", "normal"]
-    sd = load_source(_cfg("medmnist", npz, classes=["pneumonia"]))
-    assert len(sd.manifest) == 3494 + 389 + 390 and len(sd.images) == len(sd.manifest)
+    with pytest.raises(SourceError, match="multiclass task needs at least two classes, this one has pneumonia"):
+        load_source(_cfg("medmnist", npz, classes=["pneumonia"]))  # every label 1: nothing to learn
     root = shared_path(shared_data, "nih_cxr14")
     sd = load_source(_cfg("nih_cxr14", root, task="multiclass"))
     assert sd.task == "multiclass" and (sd.manifest[NIH_CLASSES].sum(axis=1) == 1).all()
@@ -422,3 +422,29 @@ def test_class_subset_remaps_synthetic_mask_bits():
             assert np.array_equal((sub.masks[row] >> j) & 1, (full.masks[f] >> k) & 1)
         device_full = (full.masks[f] >> len(full.classes)) & 1
         assert np.array_equal((sub.masks[row] >> len(sub.classes)) & 1, device_full)
+
+
+def test_fewer_than_two_classes_with_training_images_is_refused_naming_the_empty_folders(tmp_path):
+    """One class folder empty gave '1 classes', training loss 0.0 and exit 0."""
+    root = tmp_path / "one"
+    for i in range(12):
+        _png(root / "NORMAL" / f"p{i}_n.png", i * 9)
+    (root / "PNEUMONIA").mkdir()
+    with pytest.raises(SourceError, match=r"one class only \(NORMAL\).*empty class folders: .*PNEUMONIA"):
+        load_source(_cfg("folder", root))
+
+    split = tmp_path / "split"
+    for i in range(12):
+        _png(split / "train" / "NORMAL" / f"p{i}_n.png", i * 9)
+        _png(split / "test" / "PNEUMONIA" / f"q{i}_p.png", 200 - i)
+    (split / "train" / "PNEUMONIA").mkdir()
+    with pytest.raises(SourceError, match="1 class.*training images .*NORMAL.*no training images for PNEUMONIA"):
+        load_source(_cfg("folder", split, split="official"))
+
+    ok = tmp_path / "ok"
+    for i in range(12):
+        _png(ok / "train" / "NORMAL" / f"p{i}_n.png", i * 9)
+        _png(ok / "train" / "PNEUMONIA" / f"q{i}_p.png", 200 - i)
+        _png(ok / "test" / "NORMAL" / f"r{i}_n.png", i * 5)
+    sd = load_source(_cfg("folder", ok, split="official"))
+    assert any("no test images with PNEUMONIA" in n for n in sd.notes)

@@ -274,6 +274,32 @@ def _cap(sd: SourceData, cfg: Config) -> SourceData:
     return sd
 
 
+def _check_class_coverage(sd: SourceData, cfg: Config) -> None:
+    """A multiclass task needs two classes with training images (one class trains to loss 0 and
+    means nothing): SourceError naming the classes without any. A class missing from the
+    validation or test split is noted (its metrics there are undefined)."""
+    split = sd.manifest["split"].astype(str)
+    counts = {s: sd.manifest.loc[split == s, sd.classes].sum() for s in SPLITS}
+    if sd.task == "multiclass" and len(sd.classes) < 2:
+        raise SourceError(
+            f"data: a multiclass task needs at least two classes, this one has {', '.join(sd.classes)} "
+            f"(check data.classes; for one finding against the rest use data.task: multilabel) ({config_label(cfg)})"
+        )
+    if sd.task == "multiclass":
+        trained = [c for c in sd.classes if counts["train"][c] > 0]
+        if len(trained) < 2:
+            missing = [c for c in sd.classes if c not in trained]
+            raise SourceError(
+                f"data: {len(trained)} class(es) have training images ({', '.join(trained) or 'none'}); a "
+                f"classifier needs at least two; no training images for {', '.join(missing) or '-'} "
+                f"({config_label(cfg)})"
+            )
+    for s in ("val", "test"):
+        absent = [c for c in sd.classes if (split == s).any() and counts[s][c] == 0]
+        if absent:
+            sd.notes.append(f"no {s} images with {', '.join(absent)}: its {s} metrics are undefined")
+
+
 def load_source(cfg: Config) -> SourceData:
     """The configured source as a split, checked manifest (see the module docstring for the steps).
 
@@ -302,6 +328,7 @@ def load_source(cfg: Config) -> SourceData:
         split_of = dict(zip(sd.manifest["image_id"].astype(str), sd.manifest["split"]))
         sd.duplicates = sd.duplicates.assign(split=sd.duplicates["image_id"].astype(str).map(split_of))
     sd = _cap(sd, cfg)
+    _check_class_coverage(sd, cfg)
     leak = check_leakage(sd.manifest, sd.duplicates)
     if not leak["ok"] and generated:
         raise LeakageError(

@@ -99,11 +99,13 @@ def load(cfg: Config) -> SourceData:
     split_dirs = [(SPLIT_DIRS[p.name.lower()], p) for p in subdirs if p.name.lower() in SPLIT_DIRS]
     if not split_dirs:
         split_dirs = [("", root)]
-    rows = []
+    rows, empty_dirs = [], []
     for split, sdir in split_dirs:
         for cdir in sorted(p for p in sdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path, size in _list_images(cdir):
-                rows.append((split, cdir.name, path, size))
+            images = _list_images(cdir)
+            rows += [(split, cdir.name, path, size) for path, size in images]
+            if not images:
+                empty_dirs.append(cdir)
     if not rows:
         raise SourceError(
             f"data.root: {root} has no class folders with images ({config_label(cfg)}); expected "
@@ -111,7 +113,15 @@ def load(cfg: Config) -> SourceData:
         )
     df = pd.DataFrame(rows, columns=["split", "cls", "path", "size"])
     classes = sorted(df["cls"].unique())
+    if len(classes) < 2:
+        raise SourceError(
+            f"data.root: {root} has images for one class only ({classes[0]}); a classifier needs at least two"
+            + (f"; empty class folders: {', '.join(str(d) for d in empty_dirs)}" if empty_dirs else "")
+            + f" ({config_label(cfg)})"
+        )
     notes = [f"{len(df)} images in {len(classes)} class folders ({', '.join(classes)}) under {root.name}/"]
+    if empty_dirs:
+        notes.append(f"class folders without images (ignored): {', '.join(str(d) for d in empty_dirs)}")
     if split_dirs[0][0]:
         notes.append(f"split folders: {', '.join(sorted({s for s, _ in split_dirs}))}")
     empty = df["size"].to_numpy() == 0
