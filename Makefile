@@ -11,7 +11,7 @@ CONFIG ?= configs/demo.yaml
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing cxr into $(VENV) (pinned by constraints.txt)..."
-	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,dicom,medmnist]"
 	@$(BIN)/python -m ipykernel install --sys-prefix --name cxr --display-name "Python (cxr)" >/dev/null
 	@touch $(STAMP)
 

@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from cxr_helpers.paths import write_text
+
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -33,6 +35,13 @@ CHOICES: dict[str, tuple[Optional[str], ...]] = {
     "train.channels_last": ("auto", "on", "off"),
     "eval.threshold_policy": ("youden", "max_f1", "sensitivity"),
 }
+# List-valued keys whose items come from a fixed set (same test keeps them equal to their consumers').
+LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.image_checks": ("modality", "body_part", "lateral"),
+}
+# What data.csv.label_map may map a CSV value to (masked labels are not supported: the losses and
+# metrics have no per-label mask, so every label must be 0 or 1).
+LABEL_TARGETS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "false": 0, "true": 1}
 
 
 class ConfigError(ValueError):
@@ -74,6 +83,10 @@ class CsvSourceConfig:
     path_column: str = "path"
     image_root: Optional[str] = None  # image paths are relative to this (default: CSV folder)
     label_columns: list[str] = field(default_factory=list)  # multi-hot 0/1 columns
+    # label_columns values other than 0/1/true/false fail unless mapped here: CSV text -> 0 or 1,
+    # e.g. CheXpert {"-1": 1, "": 0} (uncertain -> positive, blank -> negative). Numeric keys also
+    # match their float spelling ("-1" matches "-1.0"). Masked/ignored labels are not supported.
+    label_map: dict[str, int] = field(default_factory=dict)
     label_column: Optional[str] = None  # one column of '|'-separated names (or one class name)
     label_separator: str = "|"
     patient_column: Optional[str] = None
@@ -102,6 +115,12 @@ class DataConfig:
     patient_id_pattern: Optional[str] = None  # regex with one group: patient id from file name
     medmnist_flag: Optional[str] = None  # e.g. pneumoniamnist; None = from the file name
     num_workers: Optional[int] = None  # cache-building processes; None = cores available
+    # DICOM header checks that keep an image out of training (each listed as skipped, with the
+    # reason): modality (CT, MR, US, ... anything but CR/DX/RG; OT/SC/absent pass), body_part
+    # (BodyPartExamined naming no chest word), lateral (ViewPosition LL/RL/LATERAL, and a CSV
+    # view column saying lateral). Remove one to train on such images; [] turns all off.
+    # 05_predict warns about all three whatever this says.
+    image_checks: list[str] = field(default_factory=lambda: ["modality", "body_part", "lateral"])
     csv: CsvSourceConfig = field(default_factory=CsvSourceConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -327,6 +346,45 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _label_map(value: Any, where: str) -> dict[str, int]:
+    """``data.csv.label_map`` as {CSV text: 0 or 1}; one-line ConfigError for what YAML misreads."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f'{where} expects a mapping of CSV value -> 0 or 1 (e.g. {{"-1": 1, "": 0}}), got {value!r}'
+        )
+    out = {}
+    for k, v in value.items():
+        if isinstance(k, bool):
+            raise ConfigError(
+                f'{where}: YAML reads the key {k!r} as a boolean (yes/no/on/off/true/false); quote it, e.g. "yes": 1'
+            )
+        numeric = isinstance(v, (bool, int, float)) and v in (0, 1)
+        target = int(v) if numeric else LABEL_TARGETS.get(str(v).strip().lower())
+        if target is None:
+            extra = (
+                " (masked labels are not supported: the losses and metrics have no per-label mask)"
+                if str(v).strip().lower() in ("masked", "mask", "ignore", "uncertain", "nan", "none")
+                else ""
+            )
+            raise ConfigError(f"{where}: value {v!r} for {k!r} must be 0 or 1 (or negative/positive){extra}")
+        out["" if k is None else str(k).strip()] = target
+    return out
+
+
+_NORMALIZERS = {"data.csv.label_map": _label_map}
+
+
+def _check_list_choice(value: list, dotted: str, where: str) -> None:
+    allowed = LIST_CHOICES[dotted]
+    bad = [v for v in value if v not in allowed]
+    if bad:
+        raise ConfigError(
+            f"{where} has {', '.join(map(repr, bad))}; allowed items: {', '.join(allowed)} (an empty list [] turns them all off)"
+        )
+
+
 def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
     """Instantiate dataclass ``cls`` from a raw mapping, strictly."""
     where = f"{origin}: key '{prefix.rstrip('.')}'" if prefix else origin
@@ -345,7 +403,12 @@ def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.", origin)
         else:
+            dotted = f"{prefix}{key}"
+            if dotted in _NORMALIZERS:
+                value = _NORMALIZERS[dotted](value, f"{origin}: key '{dotted}'")
             value = _coerce(value, tp, f"{origin}: key '{prefix}{key}'")
+            if dotted in LIST_CHOICES:
+                _check_list_choice(value, dotted, f"{origin}: key '{dotted}'")
             if typing.get_origin(tp) is dict and fields[key].default_factory is not dataclasses.MISSING:
                 value = {**fields[key].default_factory(), **value}  # a mapping overrides key by key
             allowed = CHOICES.get(f"{prefix}{key}")
@@ -411,7 +474,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{line} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        hint = (
+            "; in double quotes YAML reads a backslash as an escape: put regexes in single quotes,"
+            " e.g. patient_id_pattern: '(\\d+)_'"
+            if "escape" in problem
+            else ""
+        )
+        raise ConfigError(f"{path}:{line} is not valid YAML: {problem}{hint}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys")
     raw.setdefault("name", path.stem)
@@ -428,4 +498,4 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config, exactly what ran, as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -159,23 +159,10 @@ def cohen_kappa(cm: np.ndarray) -> Optional[float]:
     return _ratio(po - pe, 1 - pe)
 
 
-def multiclass_decision(P: np.ndarray, thresholds: Optional[np.ndarray] = None) -> np.ndarray:
-    """Predicted class index (N,) for multiclass probabilities ``P: (N, C)``.
-
-    Two classes with thresholds: the positive (last) class when ``P[:, -1] >= thresholds[-1]``,
-    the threshold chosen on validation (so accuracy follows the same operating point as the
-    per-class table); otherwise the arg-max class.
-    """
-    P = np.asarray(P)
-    if thresholds is not None and P.shape[1] == 2:
-        return (P[:, -1] >= float(np.asarray(thresholds)[-1])).astype(int)
-    return P.argmax(1)
-
-
 def multiclass_summary(Y: np.ndarray, P: np.ndarray, pred_index: Optional[np.ndarray] = None) -> dict[str, Any]:
     """Accuracy, balanced accuracy, Cohen's kappa and confusion for one-hot ``Y`` and probs ``P: (N, C)``.
 
-    The decision is ``pred_index`` when given (see ``multiclass_decision``), else the arg-max
+    The decision is ``pred_index`` when given (``evaluate.thresholds.decide``), else the arg-max
     class. Balanced accuracy averages per-class recall over classes present in ``Y``.
     """
     Y, P = np.asarray(Y), np.asarray(P)

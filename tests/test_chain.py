@@ -99,12 +99,15 @@ def test_thresholds_were_fitted_on_calibrated_validation_predictions(demo_run):
     classes = list(saved["thresholds"])
     val = pd.read_csv(rd / "predictions" / "val.csv")
     Y = val[[f"y_{c}" for c in classes]].to_numpy(float)
-    P = val[[f"p_{c}" for c in classes]].to_numpy(float)
+    P = val[[f"praw_{c}" for c in classes]].to_numpy(float)
     cal = read_calibration(rd, classes)
     assert cal.in_use and saved["fitted_on"] == "val"
     refit, _ = fit_thresholds(Y, decision_probs(P, cal, "multilabel"), classes, saved["policy"],
                               saved["target_sensitivity"])
     np.testing.assert_allclose([refit[c] for c in classes], [saved["thresholds"][c] for c in classes], atol=1e-9)
+    np.testing.assert_allclose(
+        val[[f"p_{c}" for c in classes]].to_numpy(float), decision_probs(P, cal, "multilabel"), atol=1e-12
+    )
 
 
 def test_gradcam_outputs(demo_run):

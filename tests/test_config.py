@@ -117,3 +117,50 @@ def test_choices_match_the_modules_that_consume_them():
     assert set(CHOICES["data.aspect"]) == set(ASPECTS)
     assert set(CHOICES["train.loss"]) == set(LOSSES)
     assert set(CHOICES["eval.threshold_policy"]) == set(POLICIES)
+
+
+def test_list_choices_match_imageio():
+    from cxr_helpers.config import LIST_CHOICES, DataConfig
+    from cxr_helpers.data.imageio import IMAGE_CHECKS
+
+    assert LIST_CHOICES["data.image_checks"] == IMAGE_CHECKS == tuple(DataConfig().image_checks)
+
+
+def _error(tmp_path, text: str, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), overrides)
+    msg = str(info.value)
+    assert "\n" not in msg and "c.yaml" in msg
+    return msg
+
+
+def test_double_quoted_regex_says_use_single_quotes(tmp_path):
+    msg = _error(tmp_path, 'data:\n  patient_id_pattern: "(\\d+)_"\n')
+    assert "line 2" in msg and "unknown escape character 'd'" in msg and "single quotes" in msg
+    cfg = load_config(_write(tmp_path, "data:\n  patient_id_pattern: '(\\d+)_'\n"))
+    assert cfg.data.patient_id_pattern == r"(\d+)_"
+
+
+def test_label_map_keys_become_csv_text_and_values_0_1(tmp_path):
+    text = 'data:\n  csv:\n    label_map: {-1: positive, "": 0, "yes": true, "2": 1.0, ~: negative}\n'
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.data.csv.label_map == {"-1": 1, "": 0, "yes": 1, "2": 1}
+    cfg = load_config(_write(tmp_path, "name: x\n"), ["data.csv.label_map.-1=0"])
+    assert cfg.data.csv.label_map == {"-1": 0}
+    saved = tmp_path / "saved.yaml"
+    save_config(cfg, saved)
+    assert load_config(saved).data.csv.label_map == {"-1": 0}
+
+
+def test_label_map_errors_are_one_line(tmp_path):
+    assert "quote it" in _error(tmp_path, "data:\n  csv:\n    label_map: {yes: 1}\n")
+    msg = _error(tmp_path, "data:\n  csv:\n    label_map: {'-1': masked}\n")
+    assert "must be 0 or 1" in msg and "masked labels are not supported" in msg
+    assert "must be 0 or 1" in _error(tmp_path, "data:\n  csv:\n    label_map: {'-1': 2}\n")
+    assert "expects a mapping" in _error(tmp_path, "data:\n  csv:\n    label_map: [1]\n")
+
+
+def test_image_checks_items_are_checked(tmp_path):
+    msg = _error(tmp_path, "data:\n  image_checks: [lateral, frontal]\n")
+    assert "'data.image_checks'" in msg and "'frontal'" in msg and "modality, body_part, lateral" in msg
+    assert "'oblique'" in _error(tmp_path, "name: x\n", ("data.image_checks=[oblique]",))

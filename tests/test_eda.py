@@ -174,3 +174,35 @@ def test_figures_render(prepared):
 def test_multiclass_has_no_no_finding_row(prepared):
     prepared.task = "multiclass"
     assert eda.NO_FINDING not in eda.counts_table(prepared).index
+
+
+def test_class_ties_are_named_not_picked(prepared):
+    prepared.task = "multiclass"
+    prepared.classes = ["0_normal", "1_pneumonia"]
+    prepared.manifest["0_normal"] = [1, 0] * 6
+    prepared.manifest["1_pneumonia"] = [0, 1] * 6
+    text = eda.summary_text(prepared)
+    assert "Balanced classes: all 2 have 6 images (50.0%) each" in text and "least frequent" not in text
+    prepared.classes = CLASSES
+    prepared.manifest["Nodule"] = prepared.manifest["Mass"]  # Mass and Nodule tie at 5
+    text = eda.summary_text(prepared)
+    assert "Most frequent classes: **Mass**, **Nodule** (5 images each" in text
+    assert "least frequent: **Effusion** (3," in text
+
+
+def test_skipped_table_shows_the_whole_reason(prepared):
+    reason = "broken/very/long/path/img_0001.png: cannot identify image file (truncated PNG: expected 4096 bytes, got 17)"
+    prepared.skipped = pd.DataFrame({"path": ["broken/very/long/path/img_0001.png"], "reason": [reason]})
+    assert reason not in prepared.skipped._repr_html_()  # a plain display cuts it at 50 characters
+    html = eda.skipped_table(prepared).to_html()
+    assert reason in html and "pre-wrap" in html
+
+
+def test_leak_examples_are_whole_counts_in_split_order(prepared):
+    prepared.leakage["patient_examples"] = [
+        {"patient_id": "p9", "splits": {"test": 4, "train": 6}},
+        {"patient_id": "p1", "splits": {"val": 1, "test": 4}},
+    ]
+    ex = eda.leakage_examples(prepared)
+    assert list(ex.columns) == ["patient_id", "train", "val", "test"]
+    assert ex.loc[1, ["train", "val", "test"]].tolist() == [0, 1, 4] and ex["train"].dtype.kind == "i"

@@ -21,6 +21,7 @@ LAZY_SIBLING_IMPORTS = {
     ("run/cli.py", "cxr_helpers.run.runner"),
     ("run/cli.py", "cxr_helpers.train.loop"),
     ("run/cli.py", "cxr_helpers.predict.findings"),
+    ("run/cli.py", "cxr_helpers.run.cache_cmd"),
 }
 
 

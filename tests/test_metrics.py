@@ -260,7 +260,7 @@ def test_gallery_picks_most_confident_errors() -> None:
 def test_binary_accuracy_uses_the_validation_threshold_everywhere():
     """2-class: accuracy/kappa (point + bootstrap) and 05's 'predicted' use p_pos >= val threshold."""
     from cxr_helpers.evaluate.report import evaluate
-    from cxr_helpers.metrics import multiclass_decision
+    from cxr_helpers.evaluate.thresholds import decide, threshold_record
     from cxr_helpers.predict.findings import findings_table
 
     rng = np.random.default_rng(0)
@@ -274,7 +274,8 @@ def test_binary_accuracy_uses_the_validation_threshold_everywhere():
     assert m["multiclass"]["accuracy"]["value"] == pytest.approx(expected_acc)
     assert expected_acc != pytest.approx(float((P.argmax(1) == y).mean()))  # the rule matters here
     assert "0.4" in m["multiclass"]["decision"]
-    assert multiclass_decision(P, np.array([0.5, 0.4])).tolist() == (p_pos >= 0.4).astype(int).tolist()
+    record = threshold_record(np.array([0.6, 0.4]), ["normal", "pneumonia"], "multiclass")
+    assert decide(P, record).argmax(1).tolist() == (p_pos >= 0.4).astype(int).tolist()
     table = findings_table([f"{i}.png" for i in range(400)], P, ["normal", "pneumonia"], "multiclass",
                            np.array([0.5, 0.4]))
     assert (table["predicted"] == np.where(p_pos >= 0.4, "pneumonia", "normal")).all()

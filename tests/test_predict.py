@@ -252,6 +252,22 @@ def test_predict_files_fake_model_calibrates_and_skips(tmp_path):
     assert res.images.shape == (3, 32, 32)
 
 
+def test_a_ct_dicom_is_predicted_with_its_warning_in_table_summary_and_report(tmp_path):
+    """A CT (pydicom's CT_small.dcm) used to be predicted without a word: now its header warning
+    reaches the findings table, the JSON summary and 05's outcome line; a PNG gets none."""
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    png = _png(tmp_path / "in" / "a.png", value=200)
+    pred = _fake_predictor()
+    res = P_findings.predict_files(pred, [png, ct], probs_fn=_brightness_probs)
+    warn = res.table.set_index("image")["warnings"]
+    assert "Modality CT" in warn["CT_small.dcm"] and warn["a.png"] == ""
+    summ = P_findings.summary(res, pred)
+    assert [w["path"] for w in summ["image_warnings"]] == [str(ct)]
+    assert f"Warning: {ct}: DICOM Modality CT" in R.outcome_markdown(res)
+
+
 def test_write_predictions_csv_and_summary(tmp_path, capsys):
     _png(tmp_path / "in" / "a.png", value=200)
     pred = _fake_predictor()
@@ -299,7 +315,7 @@ def test_write_demo_inputs_round_trip(tmp_path):
     assert list(labels["truth"]) == ["Effusion", "(none)", "Effusion"]
     res = P_findings.predict_files(_fake_predictor(), [tmp_path / "predict_inputs"], probs_fn=_brightness_probs)
     shown = R.report_table(res, CLASSES, labels=labels)
-    assert shown.set_index("image").loc["test_img_3.dcm", "truth"] == "Effusion"
+    assert shown.set_index("image").loc["img_3.dcm", "truth"] == "Effusion"
 
 
 def test_write_demo_inputs_copies_source_files(tmp_path):
@@ -320,10 +336,70 @@ def test_write_demo_inputs_copies_source_files(tmp_path):
         images=np.zeros((2, 16, 16), np.uint8), manifest=manifest, classes=CLASSES, task="multilabel"
     )
     paths = R.write_demo_inputs(prepared, tmp_path / "demo", n=2)
-    assert [p.name for p in paths] == ["test_p1_a.png", "test_gone.png", "test_p1_a.dcm"]
+    assert [p.name for p in paths] == ["p1_a.png", "gone.png", "p1_a.dcm"]  # their own names
     np.testing.assert_array_equal(read_image(paths[0]), read_image(src))  # the original, not the cache
     np.testing.assert_array_equal(read_image(paths[2]), read_image(src))
     assert read_image(paths[1]).shape == (16, 16)  # missing source file: the cached image
+
+
+def test_demo_inputs_cover_several_classes_and_keep_names(tmp_path):
+    """05's demo used the first n test images (often one class) named ``test_test_000000.png``
+    for MedMNIST ids; now it spreads over the classes and keeps each image's own name."""
+    classes = ["normal", "pneumonia"]
+    y = np.array([1, 1, 1, 1, 1, 0, 0, 1])  # pneumonia first, normal only later in the split
+    manifest = pd.DataFrame(
+        {
+            "image_id": [f"test_{i:06d}" for i in range(8)],
+            "patient_id": [f"test_{i:06d}" for i in range(8)],
+            "split": "test",
+            "source": "medmnist",
+            "normal": 1 - y,
+            "pneumonia": y,
+        }
+    )
+    prepared = PreparedData(
+        images=np.zeros((8, 16, 16), np.uint8), manifest=manifest, classes=classes, task="multiclass"
+    )
+    assert R.demo_rows(prepared, "test", 4) == [0, 5, 1, 6]
+    paths = R.write_demo_inputs(prepared, tmp_path / "predict_inputs", n=4)
+    assert [p.name for p in paths] == [
+        "test_000000.png", "test_000005.png", "test_000001.png", "test_000006.png", "test_000000.dcm"
+    ]
+    labels = R.demo_labels(tmp_path)
+    assert set(labels["truth"]) == {"normal", "pneumonia"}
+
+
+def test_binary_findings_one_class_per_image_and_table_agrees():
+    """05 showed top_finding 1_abnormal (0.529) next to predicted 0_normal, and per-class
+    thresholds left images with no class: now the rule's one class is the only one shown."""
+    classes = ["0_normal", "1_abnormal"]
+    probs = np.array([[0.471, 0.529], [0.3, 0.7], [0.62, 0.38]])
+    thr = np.array([0.4, 0.6])  # one threshold (0.6) on 1_abnormal; 0_normal's entry is 1 - 0.6
+    t = P_findings.findings_table(["a.png", "b.png", "c.png"], probs, classes, "multiclass", thr)
+    assert list(t["predicted"]) == ["0_normal", "1_abnormal", "0_normal"]
+    assert list(t["findings"]) == list(t["predicted"]) and (t["n_findings"] == 1).all()
+    assert "top_finding" not in t  # the arg-max (1_abnormal for a.png) is not shown beside the prediction
+    res = P_findings.PredictionResult(t, pd.DataFrame(columns=["path", "reason"]), np.zeros((3, 8, 8), np.uint8),
+                                      probs, probs, [])
+    shown = R.report_table(res, classes)
+    assert "top_finding" not in shown and list(shown["predicted"]) == list(t["predicted"])
+    assert R.cam_classes(probs[0], thr, "multiclass") == [0]  # the predicted class, not the arg-max
+
+
+def test_summary_and_describe_state_the_rule(tmp_path):
+    save_thresholds(tmp_path / "thresholds.json", {"normal": 0.3, "pneumonia": 0.7}, "youden", 0.95, "multiclass")
+    rules, calibration, notes = P.decision_rules(tmp_path, ["normal", "pneumonia"], "multiclass")
+    pred = P.Predictor(None, ["normal", "pneumonia"], "multiclass", DataConfig(image_size=8), rules, calibration)
+    sentence = "Decision: pneumonia when p_pneumonia >= 0.7 (one threshold), else normal."
+    assert pred.rule_sentence == sentence and sentence in R.describe(pred)
+    assert list(pred.rules_table()["decides"]) == [False, True]  # only the positive class's threshold
+    res = P_findings.PredictionResult(
+        P_findings.findings_table(["a.png"], np.array([[0.35, 0.65]]), pred.classes, "multiclass", pred.thresholds),
+        pd.DataFrame(columns=["path", "reason"]), np.zeros((1, 8, 8), np.uint8), np.zeros((1, 2)), np.zeros((1, 2)), [],
+    )
+    assert P_findings.summary(res, pred)["decision_rule"] == sentence
+    assert P_findings.summary(res, pred)["predicted_counts"] == {"normal": 1}
+    assert res.table["predicted"].iloc[0] == "normal"
 
 
 def test_plot_predictions_layout():

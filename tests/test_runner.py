@@ -230,3 +230,90 @@ def test_a_second_run_on_a_busy_run_dir_refuses_and_a_dead_runs_lock_is_taken_ov
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert len(notes) == 1 and f"pid {holder.pid}" in notes[0] and "no longer runs" in notes[0]
     assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_failed_rerun_marks_later_results_stale_on_both_index_pages(project):
+    """--only 02 fails: 03's earlier "ok" and the metrics it wrote were kept as if current; now stale."""
+    assert runner.run("configs/t.yaml", progress=False, log=lambda *_: None).ok
+    rd = project / "outputs" / "t"
+    (rd / "metrics.json").write_text(json.dumps({"macro_auroc": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}}))
+    result = runner.run("configs/t.yaml", overrides=["seed=13"], only="02", progress=False, log=lambda *_: None)
+    assert not result.ok
+    status = json.loads((rd / "run_status.json").read_text())
+    by = {nb["name"]: nb for nb in status["notebooks"]}
+    assert by["01_first"]["status"] == "ok" and by["02_second"]["status"] == "failed"
+    assert by["03_third"]["status"] == "stale" and by["03_third"]["stale_after"] == "02_second"
+    run_page = (rd / "index.html").read_text()
+    assert "0.900 (95% CI 0.800–0.950) (stale: from an earlier run)" in run_page
+    assert "results from before 02_second was re-run" in run_page
+    assert "(stale: from an earlier run)" in (project / "outputs" / "index.html").read_text()
+
+
+def test_pretrained_weights_offline_fail_before_01_runs(project, monkeypatch):
+    import cxr_helpers.model.backbones as backbones
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(backbones, "_hub_cached", lambda repo: False)
+    monkeypatch.setattr(backbones, "_url_cached", lambda url: False)
+    with pytest.raises(runner.RunError) as info:
+        runner.run("configs/t.yaml", overrides=["model.pretrained=true"], progress=False, log=lambda *_: None)
+    msg = str(info.value)
+    assert "\n" not in msg and "model.pretrained" in msg and "model.weights=" in msg and "model.pretrained=false" in msg
+    assert not (project / "outputs" / "t" / "first.json").exists()  # 01 never started
+    monkeypatch.setattr(backbones, "_hub_cached", lambda repo: True)  # weights in the local cache: fine offline
+    assert backbones.pretrained_problem(runner.load_config(project / "configs" / "t.yaml",
+                                                           ["model.pretrained=true"]).model) is None
+
+
+def test_a_full_run_dir_marks_the_run_failed_and_leaves_no_tmp_files(project, capsys):
+    """A notebook fills the run dir's disk and fails: before, run_status.json stayed "running" (or a
+    0-byte .tmp) and the runner died with a traceback; now the run is failed, in one line each."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from disk_fixtures import tmp_files, tmpfs
+
+    nb = project / "notebooks" / "02_second.ipynb"
+    _notebook(nb, "02_second", "import os\nif run.cfg.seed == 21:\n"
+              "    big = run.dir / 'model.bin'\n    try:\n        big.write_bytes(b'0' * 4_000_000)\n"
+              "    finally:\n        big.unlink(missing_ok=True)\n"
+              "if run.cfg.seed == 22:\n    (run.dir / 'filler.bin').write_bytes(b'0' * 4_000_000)\n")
+    with tmpfs(project / "mnt", size="1m") as mnt:
+        assert main(["run", "configs/t.yaml", "--set", "seed=21", "--out", str(mnt / "r"), "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "02_second" in err and "No space left" in err
+        status = json.loads((mnt / "r" / "run_status.json").read_text())
+        assert status["status"] == "failed" and tmp_files(mnt) == []
+        # the notebook leaves the disk full: even the status cannot be written, and the line says so
+        assert main(["run", "configs/t.yaml", "--set", "seed=22", "--out", str(mnt / "r2"), "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "run_status.json could not be marked failed" in err
+        assert "free on" in err and tmp_files(mnt) == []
+
+
+def test_cxr_train_takes_the_run_dir_lock(project, capsys, monkeypatch):
+    import signal
+    import subprocess
+
+    import cxr_helpers.train.loop as loop
+    from cxr_helpers.run.lock import LOCK_FILE
+
+    run_dir = project / "outputs" / "t"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("name: t\n# the first run's\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom cxr_helpers.run.lock import run_dir_lock\n"
+         "with run_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(60)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["train", "configs/t.yaml"]) == 2  # before: trained and overwrote config.yaml
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "in use by another cxr run" in err and f"pid {holder.pid}" in err
+        assert "# the first run's" in (run_dir / "config.yaml").read_text()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda cfg, out, **kw: seen.append((out / LOCK_FILE).is_file()))
+    assert main(["train", "configs/t.yaml"]) == 0
+    assert seen == [True] and not (run_dir / LOCK_FILE).exists()  # held while training, released after

@@ -87,6 +87,48 @@ def test_medmnist_rgb_multilabel_synthetic_npz(tmp_path):
     assert any("grey" in n for n in sd.notes)
 
 
+def _medmnist_info() -> dict:
+    """The installed medmnist package's INFO; skipped where absent, failed in CI (make test installs it)."""
+    from cxr_helpers.data.sources.medmnist import package_info
+
+    info = package_info()
+    if not info:
+        msg = "the medmnist package is not installed: pip install -e '.[medmnist]'"
+        if os.environ.get("CXR_REQUIRE_SHARED_DATA", "") not in ("", "0"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return info
+
+
+def test_medmnist_names_agree_with_the_package_info():
+    from cxr_helpers.data.sources.medmnist import INFO, from_package, known_sets
+
+    info = _medmnist_info()
+    for flag, ours in INFO.items():
+        assert from_package(flag, info[flag]) == ours, flag
+        assert known_sets()[flag] == ours
+    theirs = [info["chestmnist"]["label"][str(i)] for i in range(14)]
+    assert [n.lower().replace("_", " ") for n in NIH_CLASSES][:12] == theirs[:12]
+    assert NIH_CLASSES[12:] == ["Pleural_Thickening", "Hernia"] and theirs[12:] == ["pleural", "hernia"]
+
+
+def test_medmnist_sets_only_the_package_knows_are_loaded_from_its_info(tmp_path, monkeypatch):
+    from cxr_helpers.data.sources import medmnist
+
+    entry = {"task": "multi-class", "label": {"0": "calm", "1": "stormy"}}
+    monkeypatch.setattr(medmnist, "package_info", lambda: {"weathermnist": entry})
+    medmnist.known_sets.cache_clear()
+    try:
+        arrays = {f"{s}_{k}": np.zeros((2, 28, 28) if k == "images" else (2, 1), np.uint8)
+                  for s in ("train", "val", "test") for k in ("images", "labels")}  # fmt: skip
+        arrays["train_labels"][1] = 1
+        np.savez(tmp_path / "weathermnist.npz", **arrays)
+        sd = load_source(_cfg("medmnist", tmp_path / "weathermnist.npz"))
+        assert sd.classes == ["calm", "stormy"] and sd.task == "multiclass"
+    finally:
+        medmnist.known_sets.cache_clear()
+
+
 # ---------------------------------------------------------------- NIH ChestX-ray14
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_helpers.data.splits import assign_patient_splits, check_leakage, leakage_summary
+from cxr_helpers.data.splits import (
+    add_pixel_duplicates,
+    assign_patient_splits,
+    check_leakage,
+    leakage_summary,
+    leakage_warning_lines,
+)
 
 CLASSES = ["A", "B", "Rare"]
 
@@ -89,3 +95,36 @@ def test_leakage_check_clean_and_image_level_ids():
     leak = check_leakage(m)
     assert leak["ok"] and not leak["patient_level"]
     assert "cannot be checked" in leakage_summary(leak)
+
+
+def test_leak_examples_show_patients_reaching_test_first():
+    m = pd.DataFrame(
+        {
+            "image_id": ["a1", "a2", "a3", "z1", "z2", "m1", "m2"],
+            "patient_id": ["a", "a", "a", "z", "z", "m", "m"],
+            "split": ["train", "val", "val", "train", "test", "val", "test"],
+        }
+    )
+    leak = check_leakage(m)
+    assert [e["patient_id"] for e in leak["patient_examples"]] == ["m", "z", "a"]
+    assert leak["status"] == "leak"
+    line = leakage_warning_lines(leak)[0]
+    assert "3 patients" in line and "e.g. m, z, a" in line and "--set data.split=random" in line
+
+
+def test_unchecked_or_partly_checked_patients_are_never_ok():
+    own = pd.DataFrame({"image_id": ["x", "y"], "patient_id": ["x", "y"], "split": ["train", "test"]})
+    leak = check_leakage(own, patient_id_note="2 of 2 file names do not match data.patient_id_pattern 'q'")
+    assert leak["ok"] and leak["status"] == "cannot be checked"
+    assert "2 of 2 file names" in leakage_summary(leak) and "no patient or duplicate" not in leakage_summary(
+        leak
+    )
+    assert leakage_warning_lines(leak) == [
+        "Leakage cannot be checked: 2 of 2 file names do not match data.patient_id_pattern 'q'"
+    ]
+    part = pd.DataFrame({"image_id": ["x", "y", "z"], "patient_id": ["x", "p", "p"], "split": ["train"] * 3})
+    leak = check_leakage(part)
+    assert leak["status"] == "partly checked" and leak["images_without_patient_id"] == 1
+    assert "1 of 3 images have no patient id" in leakage_summary(leak)
+    merged = add_pixel_duplicates(leak, {"pixel_duplicate_groups_across_splits": 1})
+    assert not merged["ok"] and merged["status"] == "leak"

@@ -240,6 +240,45 @@ def test_ddp_gloo_under_torchrun(tmp_path, nproc):
     assert summary["distributed"] is True and summary["world_size"] == nproc and summary["backend"] == "gloo"
 
 
+DDP_FREEZE_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from train_fixtures import tiny_config, tiny_prepared
+from cxr_helpers.train.loop import train
+torch.set_num_threads(1)
+train(tiny_config(epochs=2, freeze_epochs=1), {out!r}, tiny_prepared(n=64), progress=False)
+"""
+
+
+def test_freeze_epochs_under_ddp(tmp_path):
+    """train.freeze_epochs under torchrun with 2 gloo ranks: before, the frozen backbone's missing
+    gradients stopped DDP ("Expected to have finished reduction in the prior iteration...")."""
+    script = tmp_path / "ddp_freeze.py"
+    out = tmp_path / "ddp"
+    script.write_text(DDP_FREEZE_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist["epoch"]) == [1, 2] and hist["train_loss"].notna().all()
+
+
+def test_frozen_epochs_leave_the_backbone_untouched(tmp_path):
+    from cxr_helpers.model.backbones import _head_keys, create_model
+    from cxr_helpers.runtime import seed_everything
+
+    cfg = tiny_config(epochs=1, freeze_epochs=1)
+    train(cfg, tmp_path, tiny_prepared(n=48), progress=False)
+    seed_everything(cfg.seed)  # train creates its model right after this
+    fresh = create_model(cfg.model, num_classes=3)
+    trained = load_checkpoint(tmp_path / "model" / "last.pt")["model"]
+    head = set(_head_keys(fresh))
+    for name, p in fresh.named_parameters():
+        same = torch.equal(p.detach(), trained[name])
+        assert same != (name in head), name  # backbone unchanged, head trained
+
+
 @pytest.mark.slow
 def test_training_benchmarks_run_quick(tmp_path):
     bench = Path(__file__).resolve().parents[1] / "benchmarks"

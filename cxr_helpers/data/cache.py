@@ -25,9 +25,12 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.config import Config, DataConfig
+from cxr_helpers.data.cache_admin import mark_used
 from cxr_helpers.data.cache_files import (
     CACHE_VERSION,
     COMPLETE_MARKER,
+    PIXEL_DUPLICATES,
+    PIXEL_HASHES,
     CacheError,
     cache_key,
     column_dtypes,
@@ -38,8 +41,10 @@ from cxr_helpers.data.cache_files import (
     write_text,
 )
 from cxr_helpers.data.decode import decode_files, default_workers
+from cxr_helpers.data.duplicates import cross_split_duplicates, pixel_hashes
 from cxr_helpers.data.geometry import ASPECTS, scale_boxes, transform
 from cxr_helpers.data.sources import load_source
+from cxr_helpers.data.splits import add_pixel_duplicates, check_leakage, leakage_summary
 from cxr_helpers.data.types import PreparedData, SourceData
 from cxr_helpers.paths import resolve_path
 
@@ -99,6 +104,7 @@ def _file_images(
         data.clahe,
         workers,
         progress,
+        checks=data.image_checks,
     )
     bad = np.array([bool(e) for e in errors], dtype=bool)
     if bad.any():
@@ -136,6 +142,17 @@ def _write_tables(
     for name in ("manifest.csv", "boxes.csv", "skipped.csv", "sizes.npy"):
         fsync_file(tmp / name)
     return manifest, skipped
+
+
+def _write_pixel_duplicates(manifest: pd.DataFrame, tmp: Path) -> None:
+    """Hash every prepared image once (``PIXEL_HASHES``) and store the cross-split duplicates they
+    show (``PIXEL_DUPLICATES``): the manifest's splits are part of the cache key, so both hold for
+    every later use of this folder."""
+    images = np.load(tmp / "images.npy", mmap_mode="r")
+    hashes = pixel_hashes(images)
+    del images
+    save_npy(tmp / PIXEL_HASHES, hashes)
+    write_text(tmp / PIXEL_DUPLICATES, json.dumps(cross_split_duplicates(manifest, hashes), indent=1))
 
 
 def _meta(
@@ -197,6 +214,7 @@ def _build(source: SourceData, data: DataConfig, final: Path, progress: bool) ->
         else:
             sizes, errors = _file_images(manifest, data, tmp, progress)
         manifest, skipped = _write_tables(source, data, manifest, sizes, errors, tmp)
+        _write_pixel_duplicates(manifest, tmp)
         seconds = time.perf_counter() - t0
         meta = _meta(source, data, final.name, manifest, skipped, seconds)
         write_text(tmp / "meta.json", json.dumps(meta, indent=2))
@@ -242,7 +260,10 @@ def load_prepared(cache_path: str | Path) -> PreparedData:
         cache_dir=str(cache_path),
         build_seconds=None,
     )
+    dup_file = cache_path / PIXEL_DUPLICATES
+    prepared.pixel_duplicates = json.loads(dup_file.read_text()) if dup_file.is_file() else {}
     prepared.load_seconds = time.perf_counter() - t0
+    mark_used(cache_path)
     return prepared
 
 
@@ -288,7 +309,19 @@ def prepare(cfg: Config, source: Optional[SourceData] = None, progress: bool = T
     prepared.notes = list(source.notes)
     prepared.synthetic = bool(source.synthetic)
     prepared.duplicates = source.duplicates
-    leakage = getattr(source, "leakage", None)
-    if isinstance(leakage, dict):
-        prepared.leakage = leakage
+    _set_leakage(prepared, source)
     return prepared
+
+
+def _set_leakage(prepared: PreparedData, source: SourceData) -> None:
+    """The source's leakage check plus the cache's identical / near-identical images across splits;
+    the source's leakage note is replaced by the merged one."""
+    leak = getattr(source, "leakage", None)
+    if not isinstance(leak, dict) or not leak:
+        leak = check_leakage(prepared.manifest, source.duplicates, patient_id_note=source.patient_id_note)
+    old_note = leakage_summary(leak)
+    prepared.leakage = add_pixel_duplicates(leak, prepared.pixel_duplicates)
+    note = leakage_summary(prepared.leakage)
+    prepared.notes = [note if n == old_note else n for n in prepared.notes]
+    if note not in prepared.notes:
+        prepared.notes.append(note)

@@ -1,9 +1,13 @@
 """The prepared cache's folder format: its key, durable writes and typed reads.
 
 A cache folder is ``cache_dir/<key>`` where the key hashes the source content (manifest, file
-sizes and mtimes, in-memory pixels, boxes) and the preprocessing (size, aspect, CLAHE), so a
-change to either builds a new folder. Files are fsynced before the ``COMPLETE`` marker is
-written; ``stale_tmp_dirs`` removes the tmp folders of builds whose process is gone.
+sizes and mtimes, in-memory pixels, boxes) and the preprocessing (size, aspect, CLAHE, the
+``data.image_checks`` that refuse foreign DICOMs), so a
+change to either builds a new folder. Besides the images, manifest and tables it holds each image's
+pixel hashes (``PIXEL_HASHES``) and the duplicates they show across splits (``PIXEL_DUPLICATES``,
+see ``data.duplicates``). Files are fsynced before the ``COMPLETE`` marker is
+written; ``stale_tmp_dirs`` removes the tmp folders of builds whose process is gone. Each load
+touches ``LAST_USED`` (``data.cache_admin``, which ``cxr cache`` reads to list and prune caches).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import pandas as pd
 from cxr_helpers.config import DataConfig
 from cxr_helpers.data.types import SourceData
 
-CACHE_VERSION = 1  # bump when the preprocessing code changes what it writes
+CACHE_VERSION = 2  # bump when the preprocessing code changes what it writes (2: pixel hashes)
 COMPLETE_MARKER = "COMPLETE"
+PIXEL_HASHES = "pixel_hashes.npy"  # uint64 (N, 5): exact pixel hash + 256-bit pHash per image
+PIXEL_DUPLICATES = "pixel_duplicates.json"  # identical / near-identical images across splits
 
 
 class CacheError(ValueError):
@@ -62,7 +68,7 @@ def cache_key(source: SourceData, data: DataConfig) -> str:
     """Hash of the source content (key, manifest, file sizes/mtimes, pixels, boxes) + preprocessing."""
     h = hashlib.blake2b(digest_size=10)
     h.update(f"v{CACHE_VERSION}|{source.key}|{source.task}|{source.classes}|".encode())
-    h.update(f"{data.image_size}|{data.aspect}|{data.clahe}".encode())
+    h.update(f"{data.image_size}|{data.aspect}|{data.clahe}|{sorted(data.image_checks)}".encode())
     _hash_frame(h, source.manifest)
     if source.images is None and "path" in source.manifest:
         h.update("|".join(_file_stats(source.manifest["path"])).encode())

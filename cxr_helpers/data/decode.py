@@ -4,6 +4,10 @@ Each worker opens the output ``.npy`` as a memmap once and writes the rows of it
 (decode, then ``geometry.transform``), so no pixels travel back through the pool. Small sources
 are decoded in this process. A chunk that does not answer within ``CXR_DECODE_TIMEOUT`` seconds
 stops the pool and the rest is finished here, with a warning.
+
+A DICOM whose header fails one of ``checks`` (``data.image_checks``: a CT or other non-radiograph
+modality, a non-chest body part, a lateral view; see ``imageio.header_problems``) is not written:
+it is listed like an unreadable file, with the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import multiprocessing as mp
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
@@ -21,7 +26,7 @@ import cv2
 import numpy as np
 
 from cxr_helpers.data.geometry import transform
-from cxr_helpers.data.imageio import read_image
+from cxr_helpers.data.imageio import IMAGE_CHECKS, ImageReadError, read_image_with_header, training_refusal
 
 _CHUNK_TIMEOUT_S = float(os.environ.get("CXR_DECODE_TIMEOUT", 300))  # one chunk (<= 32 files)
 _IN_PROCESS_BELOW = 48  # file sources smaller than this are decoded without a process pool
@@ -30,17 +35,26 @@ Chunk = list[tuple[int, str]]  # (row, path)
 
 
 def _decode(path: str) -> np.ndarray:
-    """uint8 (H, W) grey pixels of one file (PNG/JPEG/DICOM); raises on an unreadable file."""
-    return read_image(path)
+    """uint8 (H, W) grey pixels of one file (PNG/JPEG/DICOM); raises on an unreadable file and
+    (ImageReadError) on one whose header the worker's ``checks`` keep out of training."""
+    img, header = read_image_with_header(path)
+    refusal = training_refusal(header, _WORKER.get("checks", IMAGE_CHECKS))
+    if refusal:
+        raise ImageReadError(f"{path}: {refusal}")
+    return img
 
 
 _WORKER: dict = {}
 
 
-def _worker_init(out_path: str, size: int, aspect: str, clahe: bool) -> None:
+def _worker_init(
+    out_path: str, size: int, aspect: str, clahe: bool, checks: tuple[str, ...] = IMAGE_CHECKS
+) -> None:
     # no cv2.setNumThreads here: in a forked child it waits forever on the parent's OpenCV pool
     # threads, which were not copied; the parent drops OpenCV to one thread before forking.
-    _WORKER.update(out=np.load(out_path, mmap_mode="r+"), size=size, aspect=aspect, clahe=clahe)
+    _WORKER.update(
+        out=np.load(out_path, mmap_mode="r+"), size=size, aspect=aspect, clahe=clahe, checks=checks
+    )
 
 
 def _worker_chunk(items: Chunk) -> list[tuple[int, int, int, str]]:
@@ -147,11 +161,13 @@ def decode_files(
     clahe: bool,
     workers: int,
     progress: bool = True,
+    checks: Sequence[str] = IMAGE_CHECKS,
 ) -> tuple[np.ndarray, list[str]]:
     """Decode ``paths`` into the existing (N, S, S) ``.npy`` at ``out_path``, in parallel.
 
-    Returns ``sizes``: (N, 2) int source (h, w) (0 where unreadable) and ``errors``: one string
-    per path ("" when it was read).
+    ``checks``: the ``data.image_checks`` whose failing DICOMs are refused (listed in ``errors``).
+    Returns ``sizes``: (N, 2) int source (h, w) (0 where unreadable or refused) and ``errors``:
+    one string per path ("" when it was read).
     """
     with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns and falls back to text
         warnings.simplefilter("ignore")
@@ -162,7 +178,7 @@ def decode_files(
     quiet = not progress or os.environ.get("TQDM_DISABLE") == "1"
     results = _Results(n, tqdm(total=n, desc="prepare cache", unit="img", disable=quiet, mininterval=2.0))
     workers = min(workers, max(1, n))
-    init_args = (str(out_path), size, aspect, clahe)
+    init_args = (str(out_path), size, aspect, clahe, tuple(checks))
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # before fork: children inherit a single-threaded OpenCV (see _worker_init)
     try:

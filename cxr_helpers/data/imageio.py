@@ -13,32 +13,45 @@ Grey-level rule (the same for every format):
   sequence if present (min-max of its output), else the first Window Center/Width pair
   (linear DICOM windowing onto 0..255), else the rule above. MONOCHROME1 (0 = white) is
   inverted last (``255 - grey``), so it reads like MONOCHROME2. Multi-frame: first frame.
+
+What the header says about the content (``ImageHeader``: DICOM Modality, BodyPartExamined, view)
+is checked by ``header_problems``: a CT, MR or other non-radiograph modality, a body part other
+than the chest, and a lateral view are each named in one line. The cache build keeps such files
+out of training (``training_refusal``, per ``data.image_checks``) and 05_predict warns about them.
+PNG/JPEG headers say none of this, so they pass.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _EIGHT_BIT_MODES = {"L", "1", "P", "PA", "RGB", "RGBA", "RGBX", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm") + DICOM_SUFFIXES
+DICOM_EXTRA = 'pip install "cxr[dicom]"'
 _DICOM_PLUGINS = {
-    "1.2.840.10008.1.2.4.80": "pip install pyjpegls (or python-gdcm)",
-    "1.2.840.10008.1.2.4.81": "pip install pyjpegls (or python-gdcm)",
-    "jpeg2000": "pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm)",
-    "default": "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.80": "pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pyjpegls",
+    "jpeg2000": "pylibjpeg-openjpeg",
+    "default": "pylibjpeg-libjpeg",
 }
 
 
 def _plugin_hint(uid: str) -> str:
+    """What to install for transfer syntax ``uid``: the ``dicom`` extra, naming the codec it brings."""
     if uid in _DICOM_PLUGINS:
-        return _DICOM_PLUGINS[uid]
-    if uid.startswith("1.2.840.10008.1.2.4.9") or uid.startswith("1.2.840.10008.1.2.4.20"):
-        return _DICOM_PLUGINS["jpeg2000"]
-    return _DICOM_PLUGINS["default"]
+        codec = _DICOM_PLUGINS[uid]
+    elif uid.startswith("1.2.840.10008.1.2.4.9") or uid.startswith("1.2.840.10008.1.2.4.20"):
+        codec = _DICOM_PLUGINS["jpeg2000"]
+    else:
+        codec = _DICOM_PLUGINS["default"]
+    return f"{DICOM_EXTRA} (installs {codec} and the other DICOM codecs; or python-gdcm)"
 
 
 class ImageReadError(ValueError):
@@ -125,18 +138,23 @@ def _first(value: object) -> float:
     return float(value)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _open_dicom(path: Path, pixels: bool = True) -> Any:
+    """The pydicom dataset of ``path`` (header only when not ``pixels``); ImageReadError when unreadable."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
     except ImportError:  # pragma: no cover
         raise ImageReadError(f"{path}: DICOM needs pydicom (pip install pydicom)") from None
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=not pixels)
     except InvalidDicomError:
         raise ImageReadError(f"{path}: not a DICOM file (no DICM header)") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad files
         raise ImageReadError(f"{path}: truncated or corrupt DICOM ({_one_line(exc)})") from None
+
+
+def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
+    """uint8 (H, W) grey pixels of a dataset read with its pixel data (module docstring's rule)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(f"{path}: DICOM has no pixel data (a report or structured file, not an image)")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -149,6 +167,7 @@ def _read_dicom(path: Path) -> np.ndarray:
             tsyntax is not None
             and tsyntax.is_compressed
             and ("decode" in low or "handler" in low or "plugin" in low)
+            and "raised by all available plugins" not in low  # a codec is there: the data are bad
         ):
             name = getattr(tsyntax, "name", str(tsyntax))
             raise ImageReadError(
@@ -185,18 +204,111 @@ def _read_dicom(path: Path) -> np.ndarray:
     return np.ascontiguousarray(grey, dtype=np.uint8)
 
 
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")  # computed, digital and film radiography
+UNTOLD_MODALITIES = ("OT", "SC")  # "other" / secondary capture: digitised films often say only this
+MODALITY_NAMES = {
+    "CT": "computed tomography", "MR": "magnetic resonance", "US": "ultrasound", "NM": "nuclear medicine",
+    "PT": "PET", "MG": "mammography", "XA": "angiography", "RF": "fluoroscopy", "IO": "intra-oral X-ray",
+    "PX": "panoramic X-ray", "ES": "endoscopy", "SM": "microscopy", "OP": "ophthalmic photography",
+}  # fmt: skip
+CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "LUNG", "BRUST", "POUMON", "PULMO")
+LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL", "LLAT", "RLAT")
+IMAGE_CHECKS = ("modality", "body_part", "lateral")  # the names data.image_checks allows
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says about its content; None where it says nothing (every PNG/JPEG).
+
+    modality: DICOM Modality, upper case ('CR', 'DX', 'CT', ...). body_part: BodyPartExamined,
+    upper case ('CHEST'). view: ViewPosition ('PA', 'AP', 'LL', ...) or else the meaning of the
+    first ViewCodeSequence item, upper case.
+    """
+
+    modality: Optional[str] = None
+    body_part: Optional[str] = None
+    view: Optional[str] = None
+
+
+def _text(value: object) -> Optional[str]:
+    text = " ".join(str(value).split()).upper() if value is not None else ""
+    return text or None
+
+
+def header_of(ds: Any) -> ImageHeader:
+    """The ``ImageHeader`` of a pydicom dataset (header elements only; pixels are not touched)."""
+    view = _text(ds.get("ViewPosition"))
+    if view is None and ds.get("ViewCodeSequence"):
+        view = _text(getattr(ds.ViewCodeSequence[0], "CodeMeaning", None))
+    return ImageHeader(_text(ds.get("Modality")), _text(ds.get("BodyPartExamined")), view)
+
+
+def is_lateral(view: Optional[str]) -> bool:
+    """True for a lateral view name (``LL``, ``RL``, ``Lateral``, ...; a decubitus film is not one)."""
+    v = _text(view) or ""
+    return v in LATERAL_VIEWS or ("LATERAL" in v and "DECUBITUS" not in v)
+
+
+def header_problems(header: ImageHeader) -> dict[str, str]:
+    """``{check: reason}`` for each ``IMAGE_CHECKS`` item the header fails (empty when it passes).
+
+    modality: a Modality other than CR/DX/RG (OT/SC and absent pass: they do not say);
+    body_part: a BodyPartExamined naming no chest word; lateral: a lateral view.
+    """
+    out = {}
+    m = header.modality
+    if m is not None and m not in RADIOGRAPH_MODALITIES + UNTOLD_MODALITIES:
+        name = f" ({MODALITY_NAMES[m]})" if m in MODALITY_NAMES else ""
+        out["modality"] = f"DICOM Modality {m}{name}, not a chest radiograph (CR/DX)"
+    if header.body_part is not None and not any(w in header.body_part for w in CHEST_WORDS):
+        out["body_part"] = f"DICOM BodyPartExamined {header.body_part}, not the chest"
+    if is_lateral(header.view):
+        out["lateral"] = f"lateral view (DICOM view {header.view})"
+    return out
+
+
+def training_refusal(header: ImageHeader, checks: Iterable[str] = IMAGE_CHECKS) -> Optional[str]:
+    """Why an image with this header is kept out of training under ``checks``
+    (``data.image_checks``), as one line; None when it may be used."""
+    problems = header_problems(header)
+    hit = [c for c in checks if c in problems]
+    if not hit:
+        return None
+    reasons = "; ".join(problems[c] for c in hit)
+    return f"{reasons}; left out of training (data.image_checks: remove {', '.join(hit)} to keep such images)"
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode one file into uint8 (H, W) grey (see the module docstring for the grey-level rule).
 
     Raises ImageReadError (one line naming the file) when the file is absent, empty, truncated,
     not an image, or a DICOM the installed plugins cannot decode.
     """
+    return read_image_with_header(path)[0]
+
+
+def read_image_with_header(path: str | os.PathLike) -> tuple[np.ndarray, ImageHeader]:
+    """``read_image`` plus what the file's header says (one DICOM read for both)."""
     p = Path(path)
     _check_file(p)
-    arr = _read_dicom(p) if is_dicom(p) else _read_pil(p)
+    if is_dicom(p):
+        ds = _open_dicom(p)
+        arr, header = _dicom_pixels(ds, p), header_of(ds)
+    else:
+        arr, header = _read_pil(p), ImageHeader()
     if arr.ndim != 2 or arr.size == 0:
         raise ImageReadError(f"{p}: decoded to an unexpected shape {arr.shape}, not a 2-D image")
-    return arr
+    return arr, header
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """What the header of ``path`` says (DICOM header only, no pixels; empty for PNG/JPEG).
+
+    Raises ImageReadError (one line) when the file is absent, empty or a corrupt DICOM.
+    """
+    p = Path(path)
+    _check_file(p)
+    return header_of(_open_dicom(p, pixels=False)) if is_dicom(p) else ImageHeader()
 
 
 def read_header_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from cxr_helpers.data.splits import leakage_status, leakage_summary, leakage_warning_lines
 from cxr_helpers.data.types import SPLITS, PreparedData
 from cxr_helpers.paths import read_json, write_json
 
@@ -211,48 +212,149 @@ def sample_rows(
     return out
 
 
+LEAKAGE_HEADLINES = {
+    "ok": "OK: no patient or duplicate image crosses splits",
+    "leak": "WARNING: leakage found",
+    "cannot be checked": "CANNOT BE CHECKED: no patient ids (each image is its own patient)",
+    "partly checked": "PARTLY CHECKED: some images have no patient id",
+}
+
+
 def leakage_table(prepared: PreparedData) -> pd.DataFrame:
-    """The leakage check as rows ``check, result``; empty when the source ran no check."""
+    """The leakage check as rows ``check, result``: status, patient ids, what crosses splits."""
     lk = prepared.leakage or {}
     if not lk:
         return pd.DataFrame({"check": ["leakage check"], "result": ["not run by this source"]})
+    status = lk.get("status") or leakage_status(lk)
+    n, k = lk.get("n_images", len(prepared.manifest)), lk.get("images_without_patient_id", 0)
     rows = [
+        ("status", LEAKAGE_HEADLINES[status]),
         (
-            "status",
-            "OK: no patient or duplicate image crosses splits" if lk.get("ok") else "WARNING: leakage found",
-        ),
-        (
-            "patient ids available",
-            "yes" if lk.get("patient_level", True) else "no (one image per id; cannot check)",
+            "images without a patient id of their own",
+            f"{k:,} of {n:,}" + (f" ({lk['patient_id_note']})" if lk.get("patient_id_note") else ""),
         ),
         ("patients in more than one split", lk.get("patients_across_splits", 0)),
         ("their images", lk.get("images_across_splits", 0)),
-        ("duplicate groups across splits", lk.get("duplicate_groups_across_splits", 0)),
     ]
-    for pair, n in (lk.get("split_pairs") or {}).items():
-        rows.append((f"patients shared {pair}", n))
+    rows += [(f"patients shared {pair}", v) for pair, v in (lk.get("split_pairs") or {}).items()]
+    rows.append(("groups of identical files across splits", lk.get("duplicate_groups_across_splits", 0)))
+    if "pixel_duplicate_groups_across_splits" in lk:
+        near = lk.get("near_duplicate_pairs_across_splits")
+        rows += [
+            ("groups of identical prepared pixels across splits", lk["pixel_duplicate_groups_across_splits"]),
+            (
+                f"near-identical pairs across splits (perceptual hash distance <= {lk.get('near_duplicate_max_distance')}"
+                f" of {lk.get('near_duplicate_bits', 256)} bits)",
+                "not checked: " + lk.get("near_duplicate_skipped", "") if near is None else near,
+            ),
+        ]
     return pd.DataFrame(rows, columns=["check", "result"]).astype({"result": str})
 
 
 def leakage_examples(prepared: PreparedData) -> pd.DataFrame:
-    """Example patients that cross splits (patient_id, split counts)."""
+    """Example patients that cross splits (patient_id, images per split), those reaching test first."""
     ex = (prepared.leakage or {}).get("patient_examples") or []
-    return pd.DataFrame([{"patient_id": e["patient_id"], **e["splits"]} for e in ex])
+    splits = [s for s in SPLITS if any(s in e["splits"] for e in ex)]
+    rows = [{"patient_id": e["patient_id"], **{s: int(e["splits"].get(s, 0)) for s in splits}} for e in ex]
+    return pd.DataFrame(rows, columns=["patient_id", *splits])
+
+
+def duplicate_examples(prepared: PreparedData) -> pd.DataFrame:
+    """Example images duplicated across splits: ``kind`` (identical file / identical pixels /
+    near-identical), ``image_a, split_a, image_b, split_b, distance`` (perceptual-hash bits; 0 for
+    identical), test first."""
+    lk = prepared.leakage or {}
+    rows = []
+    for kind, key in (
+        ("identical file", "duplicate_examples"),
+        ("identical pixels", "pixel_duplicate_examples"),
+    ):
+        for e in lk.get(key) or []:
+            items = sorted(e["images"].items(), key=lambda kv: kv[1] != "test")
+            for other, split in items[1:]:
+                rows.append((kind, items[0][0], items[0][1], other, split, 0))
+    for e in lk.get("near_duplicate_examples") or []:
+        rows.append(("near-identical", e["image_a"], e["split_a"], e["image_b"], e["split_b"], e["distance"]))
+    return pd.DataFrame(rows, columns=["kind", "image_a", "split_a", "image_b", "split_b", "distance"])
+
+
+def leakage_warnings_for(prepared: PreparedData) -> list[str]:
+    """The warning lines of this data's leakage check (``splits.leakage_warning_lines``); [] when ok."""
+    return leakage_warning_lines(prepared.leakage) if prepared.leakage else []
+
+
+def leakage_warnings(run_dir: str | Path) -> list[str]:
+    """The leakage warnings 01_eda found for this run, one line each (``eda_summary.json``); [] when
+    01 found none or has not run. For the terminal, 03's report and ``metrics.json``."""
+    eda = read_eda_summary(run_dir) or {}
+    detail = eda.get("leakage_detail")
+    if isinstance(detail, dict) and detail:
+        return leakage_warning_lines(detail)
+    if eda.get("leakage") not in (None, "ok", "not checked"):
+        return [f"Leakage {eda['leakage']}: see the leakage section of reports/01_eda.html"]
+    return []
+
+
+def leakage_index_rows(eda: dict) -> list[tuple[str, str]]:
+    """Rows (label, value) for a run's index page from its ``eda_summary.json`` record: the leakage
+    status unless ok, and any patients / identical / near-identical images across splits."""
+    lk = eda.get("leakage_detail") or {}
+    status = eda.get("leakage")
+    rows = []
+    if status not in (None, "ok"):
+        rows.append(("Leakage check", LEAKAGE_HEADLINES.get(lk.get("status", ""), str(status))))
+    if lk.get("patients_across_splits"):
+        ex = ", ".join(e["patient_id"] for e in (lk.get("patient_examples") or [])[:3])
+        rows.append(("Patients across splits", f"{lk['patients_across_splits']} (e.g. {ex})"))
+    if lk.get("status") in ("cannot be checked", "partly checked"):
+        rows.append(
+            (
+                "Images without patient id",
+                f"{lk.get('images_without_patient_id', 0):,} of {lk.get('n_images', 0):,}",
+            )
+        )
+    dup = [
+        f"{lk[k]} {label}"
+        for k, label in (
+            ("duplicate_groups_across_splits", "identical-file groups"),
+            ("pixel_duplicate_groups_across_splits", "identical-pixel groups"),
+            (
+                "near_duplicate_pairs_across_splits",
+                f"near-identical pairs (distance <= {lk.get('near_duplicate_max_distance')} of {lk.get('near_duplicate_bits', 256)} bits)",
+            ),
+        )
+        if lk.get(k)
+    ]
+    if dup:
+        rows.append(("Duplicates across splits", "; ".join(dup)))
+    return rows
 
 
 def files_summary(prepared: PreparedData) -> pd.DataFrame:
-    """Counts of skipped (unreadable), missing (listed but absent) and exact-duplicate files."""
+    """Counts of skipped (unreadable), missing (listed but absent), identical-file and identical-pixel images."""
     dup = prepared.duplicates if prepared.duplicates is not None else pd.DataFrame()
     n_dup_groups = int(dup["group"].nunique()) if len(dup) else 0
+    px = prepared.pixel_duplicates or {}
     return pd.DataFrame(
         [
             ("unreadable files skipped", len(prepared.skipped)),
             ("listed images missing on disk", int(prepared.missing)),
             ("exact-duplicate images", int(len(dup))),
             ("duplicate groups", n_dup_groups),
+            ("identical-pixel images (after preparation)", int(px.get("pixel_duplicate_images", 0))),
+            ("identical-pixel groups", int(px.get("pixel_duplicate_groups", 0))),
         ],
         columns=["problem", "count"],
     ).set_index("problem")
+
+
+def skipped_table(prepared: PreparedData, max_rows: int = 50):
+    """The skipped files (``path, reason``) as a styled table showing each whole reason, wrapped
+    (a plain DataFrame display cuts cells at 50 characters); at most ``max_rows`` rows."""
+    df = prepared.skipped[["path", "reason"]].head(max_rows).reset_index(drop=True)
+    return df.style.set_properties(
+        **{"white-space": "pre-wrap", "word-break": "break-word", "text-align": "left", "max-width": "60em"}
+    )
 
 
 def cache_timing_text(prepared: PreparedData) -> str:
@@ -313,12 +415,7 @@ def summary_text(prepared: PreparedData) -> str:
     )
     lines.append(f"- Task: {kind}, {len(prepared.classes)} classes.")
     if s["most_frequent"] is not None:
-        mf, lf = s["most_frequent"], s["least_frequent"]
-        lines.append(
-            f"- Most frequent class: **{mf}** ({counts[mf]:,} images, {counts[mf] / n:.1%}); "
-            f"least frequent: **{lf}** ({counts[lf]:,}, {counts[lf] / n:.1%}); "
-            f"imbalance ratio {s['imbalance_ratio']}:1."
-        )
+        lines.append(_class_balance_line(counts, n, s["imbalance_ratio"]))
     if s["no_finding"] is not None:
         lines.append(f"- {s['no_finding']:,} images ({s['no_finding'] / n:.1%}) have no positive label.")
     if s["absent_classes"]:
@@ -333,13 +430,7 @@ def summary_text(prepared: PreparedData) -> str:
             )
     lk = prepared.leakage or {}
     if lk:
-        if lk.get("ok"):
-            lines.append("- Leakage check: no patient or duplicate image crosses splits.")
-        else:
-            lines.append(
-                f"- **Leakage warning**: {lk.get('patients_across_splits', 0)} patients and "
-                f"{lk.get('duplicate_groups_across_splits', 0)} duplicate groups cross splits."
-            )
+        lines.append(_leakage_line(lk))
     problems = []
     if len(prepared.skipped):
         problems.append(f"{len(prepared.skipped)} unreadable files skipped")
@@ -350,6 +441,44 @@ def summary_text(prepared: PreparedData) -> str:
     if problems:
         lines.append(f"- Files: {'; '.join(problems)}.")
     return "\n".join(lines)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"**{c}**" for c in names)
+
+
+def _each(names: list[str]) -> str:
+    return " each" if len(names) > 1 else ""
+
+
+def _class_balance_line(counts: dict[str, int], n: int, ratio: Optional[float]) -> str:
+    """Most and least frequent classes, every class that ties named; one sentence when all tie."""
+    top, low = max(counts.values()), min(counts.values())
+    if top == low:
+        return f"- Balanced classes: all {len(counts)} have {top:,} images ({top / n:.1%}) each."
+    most = [c for c, v in counts.items() if v == top]
+    least = [c for c, v in counts.items() if v == low]
+    return (
+        f"- Most frequent class{'es' if len(most) > 1 else ''}: {_names(most)} ({top:,} images{_each(most)}, "
+        f"{top / n:.1%}); least frequent: {_names(least)} ({low:,}{_each(least)}, {low / n:.1%}); "
+        f"imbalance ratio {ratio}:1."
+    )
+
+
+def _leakage_line(lk: dict) -> str:
+    """The summary's leakage bullet: a bold warning, a bold 'cannot be checked', or ok."""
+    status = lk.get("status") or leakage_status(lk)
+    text = leakage_summary(lk).replace("leakage check: ", "").replace("LEAKAGE WARNING: ", "")
+    if status == "leak":
+        advice = (
+            " Test scores are optimistic; `--set data.split=random` gives a patient-disjoint split."
+            if lk.get("patients_across_splits")
+            else ""
+        )
+        return f"- **Leakage warning**: {text}.{advice}"
+    if status == "ok":
+        return f"- Leakage check: {text}."
+    return f"- **Leakage {status}**: {text}."
 
 
 def eda_summary(prepared: PreparedData) -> dict[str, Any]:
@@ -369,8 +498,10 @@ def eda_summary(prepared: PreparedData) -> dict[str, Any]:
         "skipped": prepared.skipped["path"].astype(str).head(50).tolist() if len(prepared.skipped) else [],
         "n_missing": int(prepared.missing),
         "n_duplicates": int(len(prepared.duplicates)) if prepared.duplicates is not None else 0,
-        "leakage": "ok" if lk.get("ok") else ("warn" if lk else "not checked"),
-        "leakage_detail": {k: v for k, v in lk.items() if not k.endswith("examples")},
+        "n_pixel_duplicates": int((prepared.pixel_duplicates or {}).get("pixel_duplicate_images", 0)),
+        "leakage": _leakage_value(lk),
+        "leakage_detail": lk,
+        "leakage_warnings": leakage_warning_lines(lk) if lk else [],
         "cache": {
             "dir": prepared.cache_dir,
             "build_seconds": prepared.build_seconds,
@@ -379,6 +510,14 @@ def eda_summary(prepared: PreparedData) -> dict[str, Any]:
         },
         "notes": list(prepared.notes),
     }
+
+
+def _leakage_value(lk: dict) -> str:
+    """``eda_summary.json``'s one-word leakage: ok, warn, cannot be checked, partly checked, not checked."""
+    if not lk:
+        return "not checked"
+    status = lk.get("status") or leakage_status(lk)
+    return "warn" if status == "leak" else status
 
 
 def save_eda_summary(run_dir: str | Path, prepared: PreparedData) -> Path:

@@ -74,18 +74,26 @@ def assign_patient_splits(
 
 
 def check_leakage(
-    manifest: pd.DataFrame, duplicates: Optional[pd.DataFrame] = None, max_examples: int = 10
+    manifest: pd.DataFrame,
+    duplicates: Optional[pd.DataFrame] = None,
+    max_examples: int = 10,
+    patient_id_note: str = "",
 ) -> dict:
-    """Patients (and exact-duplicate images) found in more than one split.
+    """Patients (and exact-duplicate files) found in more than one split.
 
-    Returns a JSON-able dict: ``ok`` (bool), ``patient_level`` (False when every patient id is
-    its image id, so patient leakage cannot be checked), ``patients_across_splits`` (count),
-    ``images_across_splits`` (their images), ``split_pairs`` ({"train/test": n patients}),
-    ``patient_examples`` ([{patient_id, splits: {split: n}}]), ``duplicate_groups_across_splits``,
+    Returns a JSON-able dict: ``ok`` (bool: no leak found), ``status`` (``leak``, ``ok``,
+    ``cannot be checked`` when no image has a patient id of its own, ``partly checked`` when some
+    have none; see ``leakage_status``), ``patient_level`` (False when every patient id is its image
+    id), ``n_images``, ``images_without_patient_id`` (patient id == image id: names a pattern did
+    not match, or sources without patient ids), ``patient_id_note`` (the source's reason, e.g. how
+    many file names did not match ``data.patient_id_pattern``), ``patients_across_splits``
+    (count), ``images_across_splits`` (their images), ``split_pairs`` ({"train/test": n
+    patients}), ``patient_examples`` ([{patient_id, splits: {split: n}}], patients reaching test
+    first, then those with most images), ``duplicate_groups_across_splits`` (identical files),
     ``duplicate_examples`` ([{group, images: {image_id: split}}]).
     """
     m = manifest[["patient_id", "split"]].astype(str)
-    patient_level = not (m["patient_id"].to_numpy() == manifest["image_id"].astype(str).to_numpy()).all()
+    own_id = m["patient_id"].to_numpy() == manifest["image_id"].astype(str).to_numpy()
     per = m.groupby("patient_id")["split"].nunique()
     bad = per[per > 1].index
     sub = m[m["patient_id"].isin(bad)]
@@ -96,10 +104,6 @@ def check_leakage(
         for i, a in enumerate(present):
             for b in present[i + 1 :]:
                 pairs[f"{a}/{b}"] = pairs.get(f"{a}/{b}", 0) + 1
-    examples = [
-        {"patient_id": pid, "splits": {s: int(n) for s, n in counts.loc[pid].items() if n > 0}}
-        for pid in list(counts.index[:max_examples])
-    ]
     dup_groups: list[dict] = []
     n_dup_cross = 0
     if duplicates is not None and len(duplicates):
@@ -111,25 +115,106 @@ def check_leakage(
                     dup_groups.append(
                         {"group": str(g), "images": dict(zip(rows["image_id"].astype(str), rows["split"]))}
                     )
-    return {
+    leak = {
         "ok": bool(len(bad) == 0 and n_dup_cross == 0),
-        "patient_level": bool(patient_level),
+        "patient_level": bool(not own_id.all()),
+        "n_images": int(len(m)),
+        "images_without_patient_id": int(own_id.sum()),
+        "patient_id_note": patient_id_note,
         "patients_across_splits": int(len(bad)),
         "images_across_splits": int(len(sub)),
         "split_pairs": pairs,
-        "patient_examples": examples,
+        "patient_examples": _patient_examples(counts, max_examples),
         "duplicate_groups_across_splits": int(n_dup_cross),
         "duplicate_examples": dup_groups,
     }
+    leak["status"] = leakage_status(leak)
+    return leak
+
+
+def _patient_examples(counts: pd.DataFrame, max_examples: int) -> list[dict]:
+    """Patients crossing splits as [{patient_id, splits}]: those with test images first, most images first."""
+    if not len(counts):
+        return []
+    in_test = counts["test"] if "test" in counts else pd.Series(0, index=counts.index)
+    order = pd.DataFrame({"test": in_test > 0, "n": counts.sum(axis=1), "pid": counts.index})
+    order = order.sort_values(["test", "n", "pid"], ascending=[False, False, True]).index
+    return [
+        {
+            "patient_id": str(pid),
+            "splits": {s: int(counts.loc[pid, s]) for s in SPLITS if s in counts and counts.loc[pid, s] > 0},
+        }
+        for pid in list(order[:max_examples])
+    ]
+
+
+def leakage_status(leak: dict) -> str:
+    """``leak`` when anything crosses splits; else ``cannot be checked`` (no patient ids at all),
+    ``partly checked`` (some images without one) or ``ok``."""
+    found = (
+        leak.get("patients_across_splits")
+        or leak.get("duplicate_groups_across_splits")
+        or leak.get("pixel_duplicate_groups_across_splits")
+        or leak.get("near_duplicate_pairs_across_splits")
+    )
+    if found:
+        return "leak"
+    if not leak.get("patient_level", True):
+        return "cannot be checked"
+    if leak.get("images_without_patient_id"):
+        return "partly checked"
+    return "ok"
+
+
+def add_pixel_duplicates(leak: dict, pixel: dict) -> dict:
+    """``leak`` (``check_leakage``) with the cache's identical/near-identical images across splits
+    (``duplicates.cross_split_duplicates``) merged in; ``ok`` and ``status`` recomputed."""
+    out = {**leak, **pixel}
+    out["ok"] = bool(
+        leak.get("ok", True)
+        and not pixel.get("pixel_duplicate_groups_across_splits")
+        and not pixel.get("near_duplicate_pairs_across_splits")
+    )
+    out["status"] = leakage_status(out)
+    return out
+
+
+def _patient_caveat(leak: dict) -> str:
+    """Why patient-level leakage is not (fully) checked, with counts."""
+    n, k = leak.get("n_images", 0), leak.get("images_without_patient_id", 0)
+    note = leak.get("patient_id_note") or f"{k:,} of {n:,} images have no patient id of their own"
+    return note
+
+
+def _duplicate_parts(leak: dict) -> list[str]:
+    parts = []
+    if leak.get("duplicate_groups_across_splits"):
+        parts.append(f"{leak['duplicate_groups_across_splits']} groups of identical images (same file bytes) span splits")
+    if leak.get("pixel_duplicate_groups_across_splits"):
+        parts.append(
+            f"{leak['pixel_duplicate_groups_across_splits']} groups of identical images (same prepared pixels) span splits"
+        )
+    if leak.get("near_duplicate_pairs_across_splits"):
+        parts.append(
+            f"{leak['near_duplicate_pairs_across_splits']} near-identical image pairs span splits "
+            f"(perceptual hash distance <= {leak.get('near_duplicate_max_distance')} of "
+            f"{leak.get('near_duplicate_bits', 256)} bits)"
+        )
+    return parts
 
 
 def leakage_summary(leak: dict) -> str:
-    """One line for notes/EDA: what crosses splits, or that nothing does."""
-    if leak.get("ok"):
-        base = "leakage check: no patient or duplicate image crosses splits"
-        if not leak.get("patient_level", True):
-            base += " (patient ids are image ids here, so patient-level leakage cannot be checked)"
-        return base
+    """One line for notes/EDA: what crosses splits, that it cannot be (fully) checked, or that nothing does."""
+    status = leak.get("status") or leakage_status(leak)
+    if status == "cannot be checked":
+        return f"leakage check: patient leakage cannot be checked ({_patient_caveat(leak)}); no duplicate image crosses splits"
+    if status == "partly checked":
+        return (
+            f"leakage check: partly checked ({_patient_caveat(leak)}; each such image counts as its own "
+            "patient); no patient or duplicate image crosses splits among the rest"
+        )
+    if status == "ok":
+        return "leakage check: no patient or duplicate image crosses splits"
     parts = []
     if leak.get("patients_across_splits"):
         pairs = ", ".join(f"{k}: {v}" for k, v in leak["split_pairs"].items())
@@ -137,6 +222,52 @@ def leakage_summary(leak: dict) -> str:
             f"{leak['patients_across_splits']} patients ({leak['images_across_splits']} images) "
             f"appear in more than one split ({pairs})"
         )
+    return "LEAKAGE WARNING: " + "; ".join(parts + _duplicate_parts(leak))
+
+
+def leakage_warning_lines(leak: dict, n_examples: int = 3) -> list[str]:
+    """One line per leakage finding, for the terminal, 03 and ``metrics.json``; [] when ``ok``.
+
+    Patients crossing splits name the first patients reaching test and suggest
+    ``data.split=random``; identical / near-identical images name an example pair; a check that
+    could not (fully) run says why.
+    """
+    status = leak.get("status") or leakage_status(leak)
+    lines = []
+    if leak.get("patients_across_splits"):
+        pairs = ", ".join(f"{k}: {v}" for k, v in (leak.get("split_pairs") or {}).items())
+        ex = ", ".join(e["patient_id"] for e in (leak.get("patient_examples") or [])[:n_examples])
+        lines.append(
+            f"LEAKAGE WARNING: {leak['patients_across_splits']} patients ({leak.get('images_across_splits', 0)} "
+            f"images) are in more than one split ({pairs})"
+            + (f", e.g. {ex}" if ex else "")
+            + "; test scores are optimistic; --set data.split=random gives a patient-disjoint split"
+        )
+    for part, examples in zip(_duplicate_parts(leak), _duplicate_examples(leak)):
+        lines.append(f"LEAKAGE WARNING: {part}" + (f", e.g. {examples}" if examples else ""))
+    if status in ("cannot be checked", "partly checked"):
+        lines.append(f"Leakage {status}: {_patient_caveat(leak)}")
+    if leak.get("near_duplicate_skipped"):
+        lines.append(f"Near-duplicate check skipped: {leak['near_duplicate_skipped']}")
+    return lines
+
+
+def _duplicate_examples(leak: dict) -> list[str]:
+    """One example per duplicate kind present, in ``_duplicate_parts`` order."""
+    out = []
     if leak.get("duplicate_groups_across_splits"):
-        parts.append(f"{leak['duplicate_groups_across_splits']} groups of identical images span splits")
-    return "LEAKAGE WARNING: " + "; ".join(parts)
+        out.append(_images_text((leak.get("duplicate_examples") or [{}])[0].get("images", {})))
+    if leak.get("pixel_duplicate_groups_across_splits"):
+        out.append(_images_text((leak.get("pixel_duplicate_examples") or [{}])[0].get("images", {})))
+    if leak.get("near_duplicate_pairs_across_splits"):
+        e = (leak.get("near_duplicate_examples") or [{}])[0]
+        out.append(
+            f"{e['image_a']} ({e['split_a']}) ~ {e['image_b']} ({e['split_b']}), distance {e['distance']}"
+            if e
+            else ""
+        )
+    return out
+
+
+def _images_text(images: dict) -> str:
+    return " = ".join(f"{i} ({s})" for i, s in list(images.items())[:3])

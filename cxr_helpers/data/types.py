@@ -35,6 +35,8 @@ class SourceData:
     notes: human-readable remarks for the EDA report (e.g. "12 impossible ages set to missing").
     key: a string identifying the source content (used in the cache hash).
     synthetic: True when the data are generated, so every report can say so.
+    patient_id_note: why some or all images have no patient id of their own (e.g. "2,344 of 2,344
+        file names do not match data.patient_id_pattern '...'"), for the leakage check's caveat.
     """
 
     manifest: pd.DataFrame
@@ -50,6 +52,7 @@ class SourceData:
     synthetic: bool = False
     duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["group", "image_id", "split"]))
     leakage: dict = field(default_factory=dict)  # splits.check_leakage result, set by sources.load_source
+    patient_id_note: str = ""
 
 
 @dataclass
@@ -60,6 +63,9 @@ class PreparedData:
     manifest: as in SourceData (index 0..N-1), after splitting and any ``max_images`` cap.
     boxes: ``image_id, label, x, y, w, h`` in prepared-image pixels.
     masks: optional uint8 (N, S, S) class bitmask (bit k = class k), same geometry as images.
+    leakage: the source's ``splits.check_leakage`` with the cache's identical / near-identical
+        images across splits merged in (``splits.add_pixel_duplicates``).
+    pixel_duplicates: ``duplicates.cross_split_duplicates`` of this cache (stored when it was built).
     """
 
     images: np.ndarray
@@ -77,6 +83,7 @@ class PreparedData:
     load_seconds: Optional[float] = None  # time to open a reused cache
     duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["group", "image_id", "split"]))
     leakage: dict = field(default_factory=dict)
+    pixel_duplicates: dict = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:

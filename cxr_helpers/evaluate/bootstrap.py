@@ -112,6 +112,7 @@ def bootstrap_samples(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     P_decision: Optional[np.ndarray] = None,
     pred_index: Optional[np.ndarray] = None,
+    calls: Optional[np.ndarray] = None,
 ) -> dict[str, np.ndarray]:
     """Bootstrap replicates of every metric in the per-class table, on shared resamples.
 
@@ -119,7 +120,8 @@ def bootstrap_samples(
 
     Y: (N, C) 0/1 truth; P: (N, C) scores; groups: (N,) patient ids (None = image bootstrap);
     thresholds: (C,) operating points for the rate metrics: ``P_decision >= t`` is positive
-    (P_decision: e.g. calibrated probabilities; default P).
+    (P_decision: e.g. calibrated probabilities; default P). calls: (N, C) bool decisions that
+    replace ``P_decision >= t`` when given (``evaluate.thresholds.table_calls``: the run's rule).
     Returns arrays with NaN where a replicate is undefined: ``auroc, ap`` (B, C), ``macro_auroc``,
     ``macro_ap``, ``micro_auroc`` (B,), and with thresholds ``sensitivity, specificity, ppv, npv,
     f1`` (B, C); multiclass adds ``accuracy, balanced_accuracy, cohen_kappa`` (B,).
@@ -133,9 +135,10 @@ def bootstrap_samples(
     if micro and c > 1:
         micro_index = _RankIndex(P.reshape(-1), Y.reshape(-1), np.repeat(np.arange(n), c))
         micro_chunk = max(1, chunk_elements // max(n * c, 1))
-    if thresholds is not None:
+    if thresholds is not None or calls is not None:
         Pd = P if P_decision is None else np.asarray(P_decision)
-        pred = (Pd >= np.asarray(thresholds)[None, :]).astype(np.float32)
+        hit = np.asarray(calls, dtype=bool) if calls is not None else Pd >= np.asarray(thresholds)[None, :]
+        pred = hit.astype(np.float32)
         tp_i, fp_i = Y * pred, (1 - Y) * pred
         fn_i, tn_i = Y * (1 - pred), (1 - Y) * (1 - pred)
     if multiclass:
@@ -161,7 +164,7 @@ def bootstrap_samples(
             for i in range(0, W.shape[0], micro_chunk):
                 parts.append(_ranking_from_weights(W[i : i + micro_chunk], micro_index)[0])
             add("micro_auroc", np.concatenate(parts))
-        if thresholds is not None:
+        if thresholds is not None or calls is not None:
             tp, fp, fn, tn = W @ tp_i, W @ fp_i, W @ fn_i, W @ tn_i
             with np.errstate(invalid="ignore", divide="ignore"):
                 add("sensitivity", np.where(tp + fn > 0, tp / (tp + fn), np.nan))

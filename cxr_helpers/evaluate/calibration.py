@@ -20,7 +20,9 @@ The probabilities decisions are made on (thresholds, findings, galleries) come f
     decision_probs(P: (N, C) in [0, 1], calibration: CalibrationRecord | None, task: str) -> (N, C)
 
 calibrated where 03 calibrated (``calibration.applied``), raw otherwise. 03 builds the record
-with :func:`calibration_record`; 04 and 05 read it with :func:`read_calibration`.
+with :func:`calibration_record`; 04 and 05 read it with :func:`read_calibration`. 03 also writes
+those probabilities into ``predictions/{val,test}.csv`` (``p_<class>``, raw ones in ``praw_<class>``)
+with :func:`write_decision_predictions`, so the files agree with ``thresholds.json``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, softmax
+
+from cxr_helpers.paths import write_json
+from cxr_helpers.train.predictions import rewrite_probabilities
 
 EPS = 1e-7
 FILE_NAME = "calibration.json"
@@ -211,8 +216,7 @@ def save_calibration(
         "test_before": rows(summary["before"]),
         "test_after": rows(summary["after"]),
     }
-    Path(path).write_text(json.dumps(obj, indent=2))
-    return Path(path)
+    return write_json(path, obj)
 
 
 def compare_frame(summary: dict[str, Any], classes: list[str], task: str) -> pd.DataFrame:
@@ -323,3 +327,16 @@ def read_calibration(run_dir_or_file: str | Path, classes: list[str]) -> Calibra
         else f"none ({FILE_NAME} marks calibration as not applied)"
     )
     return CalibrationRecord(temps, applied, str(obj.get("task", "")), source, fitted)
+
+
+def write_decision_predictions(
+    run_dir: str | Path, classes: list[str], calibration: CalibrationRecord, splits: tuple[str, ...] = ("val", "test")
+) -> list[Path]:
+    """Rewrite ``run_dir/predictions/<split>.csv`` so ``p_<class>`` are the decision probabilities
+    (temperature-scaled when ``calibration.in_use``, raw ``praw_<class>`` beside them) or raw
+    (no ``praw_``) otherwise; idempotent: always computed from the raw columns."""
+    fn = None
+    if calibration.in_use:
+        def fn(P: np.ndarray) -> np.ndarray:
+            return decision_probs(P, calibration, calibration.task)
+    return [rewrite_probabilities(Path(run_dir) / "predictions" / f"{s}.csv", classes, fn) for s in splits]

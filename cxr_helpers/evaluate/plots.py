@@ -130,7 +130,8 @@ def confusion_grid(metrics: dict[str, Any]) -> plt.Figure:
 
 
 def multiclass_confusion(cm: np.ndarray, classes: list[str]) -> plt.Figure:
-    """Counts and row-normalised rates (recall on the diagonal) of the arg-max decision."""
+    """Counts and row-normalised rates (recall on the diagonal) of the run's decision rule
+    (``metrics.json`` ``multiclass.confusion``: one threshold for two classes, else arg-max)."""
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.0 * len(classes) + 1.5))
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -220,14 +221,18 @@ def robustness_plot(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def gallery_indices(y: np.ndarray, p: np.ndarray, threshold: float, kind: str, k: int) -> np.ndarray:
+def gallery_indices(
+    y: np.ndarray, p: np.ndarray, threshold: float, kind: str, k: int, called: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Rows of the most confident errors: ``fp`` = negatives called positive with the highest p,
-    ``fn`` = positives called negative with the lowest p (at most ``k``)."""
+    ``fn`` = positives called negative with the lowest p (at most ``k``). ``called``: (N,) bool
+    calls of the run's rule (``evaluate.thresholds.decide``), default ``p >= threshold``."""
     y = np.asarray(y) > 0.5
+    hit = np.asarray(called, dtype=bool) if called is not None else p >= threshold
     if kind == "fp":
-        idx = np.flatnonzero(~y & (p >= threshold))
+        idx = np.flatnonzero(~y & hit)
         return idx[np.argsort(-p[idx], kind="mergesort")][:k]
-    idx = np.flatnonzero(y & (p < threshold))
+    idx = np.flatnonzero(y & ~hit)
     return idx[np.argsort(p[idx], kind="mergesort")][:k]
 
 
@@ -240,15 +245,18 @@ def error_gallery(
     kind: str,
     k: int = 6,
     rows: Optional[np.ndarray] = None,
+    calls: Optional[np.ndarray] = None,
 ) -> plt.Figure:
     """One row per class: its ``k`` most confident false positives (``kind='fp'``) or negatives ('fn'),
     each titled with the class probability and the image's true labels.
 
     images: uint8 (M, S, S), e.g. the whole prepared memmap; rows: (N,) index into it of each
-    prediction row (default: images are aligned with Y/P)."""
+    prediction row (default: images are aligned with Y/P); calls: (N, C) bool decisions of the
+    run's rule (``evaluate.thresholds.decide``; default ``P >= threshold`` per class)."""
     fig, axes = plt.subplots(len(classes), k, figsize=(1.7 * k, 2.0 * len(classes)), squeeze=False)
     for r, cls in enumerate(classes):
-        idx = gallery_indices(Y[:, r], P[:, r], thresholds.get(cls, 0.5), kind, k)
+        called = None if calls is None else calls[:, r]
+        idx = gallery_indices(Y[:, r], P[:, r], thresholds.get(cls, 0.5), kind, k, called)
         for j in range(k):
             ax = axes[r, j]
             ax.axis("off")

@@ -12,12 +12,20 @@ This module is the one writer (:func:`save_metrics`) and reader (:func:`read_met
      "macro_auroc": CI, "macro_ap": CI, "micro_auroc": CI (multilabel),
      "per_class": {class: {"n_pos", "prevalence", "auroc": CI, "ap": CI, "threshold",
                            "confusion": {"tp", "fp", "tn", "fn"}, "sensitivity": CI, ... "f1": CI}},
+     "decision_rule": sentence, "probabilities": {"ranking", "decisions"},
      "multilabel": {...} | "multiclass": {"accuracy": CI, "balanced_accuracy": CI, "cohen_kappa": CI,
                                           "confusion", "decision"},
      "calibration": {"applied", "ece", "brier"}, "targets": [...], "summary": [...],
+     "leakage_warnings": [line, ...] (the data check's warnings; [] when none),
      "subgroups"?, "robustness"?, "tta"?}
 
 where CI is ``{"value", "ci_low", "ci_high"}`` (``"reason"`` instead when undefined).
+
+Decisions (confusion counts, sensitivity..., accuracy) follow ``evaluate.thresholds.decide`` on the
+decision probabilities, i.e. the ``p_<class>`` columns of ``predictions/test.csv`` once 03 has
+rewritten them; ranking metrics (AUROC, AP) use the raw probabilities (``praw_<class>``). These
+agree for multilabel and two-class runs (temperature scaling is monotone per class there); for a
+softmax over more classes one temperature can reorder one class's scores across images slightly.
 :func:`headline_entries` gives the front pages' (label, CI) pairs.
 """
 
@@ -30,20 +38,21 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.evaluate.bootstrap import bootstrap_samples, ci, class_ci, headline_samples
+from cxr_helpers.evaluate.thresholds import decide, rule_sentence, table_calls, threshold_record
 from cxr_helpers.metrics import (
-    at_threshold,
     auroc,
     average_precision,
+    binary_counts,
     fmt,
     fmt_ci,
     headline_auroc,
     macro_mean,
-    multiclass_decision,
     multiclass_summary,
     multilabel_summary,
+    rates_from_counts,
     undefined_reason,
 )
-from cxr_helpers.paths import read_json, write_json
+from cxr_helpers.paths import read_json, write_json, write_text
 from cxr_helpers.train.predictions import PredictionsError
 
 METRICS_FILE = "metrics.json"
@@ -66,23 +75,26 @@ def evaluate(
     """The metrics.json dict for the test split.
 
     Y: (N, C) 0/1; P: (N, C) probabilities for ranking metrics (AUROC, AP); P_decision: the
-    probabilities thresholds apply to (calibrated ones; default P). Bootstraps patients when a
-    patient has several images, else images.
+    probabilities decisions are made on (calibrated ones; default P), by the task's rule
+    (``evaluate.thresholds.decide``). Bootstraps patients when a patient has several images, else images.
     """
     Pd = P if P_decision is None else P_decision
     n, c = Y.shape
     repeat = patient_ids is not None and len(np.unique(patient_ids)) < n
     groups = patient_ids if repeat else None
     thr = np.array([thresholds.get(cls, 0.5) for cls in classes])
-    pred_index = multiclass_decision(Pd, thr) if task == "multiclass" else None
+    record = threshold_record(thr, classes, task)
+    calls = table_calls(Pd, record)
+    pred_index = decide(Pd, record).argmax(1) if task == "multiclass" else None
     S = bootstrap_samples(
         Y, P, groups, n_boot, seed, thresholds=thr, multiclass=task == "multiclass", P_decision=Pd,
-        pred_index=pred_index,
+        pred_index=pred_index, calls=calls,
     )
     per_class: dict[str, Any] = {}
     for k, cls in enumerate(classes):
         y = Y[:, k]
-        op = at_threshold(y, Pd[:, k], thr[k])
+        counts = binary_counts(y, calls[:, k])
+        op = {**counts, **rates_from_counts(counts)}
         entry: dict[str, Any] = {
             "n_pos": int((y > 0.5).sum()),
             "prevalence": float(y.mean()) if n else None,
@@ -126,10 +138,14 @@ def evaluate(
         out["micro_auroc"] = ci(
             auroc(flat_y, P.reshape(-1)), S["micro_auroc"], level, reason=undefined_reason(flat_y)
         )
+    out["decision_rule"] = rule_sentence(record, list(classes))
+    out["probabilities"] = {
+        "ranking": "AUROC and AP on raw probabilities (praw_<class> in predictions/test.csv, p_<class> without it)",
+        "decisions": "decisions on the probabilities in p_<class> (calibrated where 03 calibrates)",
+    }
     out["per_class"] = per_class
     if task == "multilabel":
-        pred = (Pd >= thr[None, :]).astype(int)
-        out["multilabel"] = multilabel_summary(Y, pred)
+        out["multilabel"] = multilabel_summary(Y, calls.astype(int))
     else:
         mc = multiclass_summary(Y, P, pred_index)
         out["multiclass"] = {
@@ -137,8 +153,7 @@ def evaluate(
             "balanced_accuracy": ci(mc["balanced_accuracy"], S["balanced_accuracy"], level),
             "cohen_kappa": ci(mc["cohen_kappa"], S["cohen_kappa"], level),
             "confusion": mc["confusion"].tolist(),
-            "decision": f"p_{classes[-1]} >= {thr[-1]:.4g} (threshold fitted on validation)"
-            if c == 2 else "arg-max class",
+            "decision": out["decision_rule"],
         }
     return out
 
@@ -293,6 +308,7 @@ def write_report_md(
         f"- Task: {metrics['task']}; {metrics['n_images']} images of {metrics['n_patients']} patients.",
         f"- Headline ({metrics['headline']}): **{fmt_ci(metrics['macro_auroc'])}**",
         f"- 95% CIs: {b['n']} bootstrap resamples of {b['unit']}s (seed {b['seed']}).",
+        *([f"- {metrics['decision_rule']}"] if metrics.get("decision_rule") else []),
         "",
         "## Per-class metrics",
         "",
@@ -309,8 +325,7 @@ def write_report_md(
     ]
     for title, text in (extra or {}).items():
         lines += [f"## {title}", "", text, ""]
-    Path(path).write_text("\n".join(lines))
-    return Path(path)
+    return write_text(path, "\n".join(lines))
 
 
 def align_rows(
@@ -337,7 +352,7 @@ SUMMARY_DEFINITIONS = {
     "example_f1": "F1 of called vs true findings per image, averaged over images (no finding and none called = 1)",
     "macro_f1": "F1 per class at its operating point, averaged over classes",
     "micro_f1": "F1 of the pooled true/false positive and false negative counts of all classes",
-    "accuracy": "share of images whose arg-max class is the true class",
+    "accuracy": "share of images whose predicted class (by the decision rule above) is the true class",
     "balanced_accuracy": "recall per class averaged over classes (not inflated by a majority class)",
     "cohen_kappa": "agreement with the truth beyond chance (0 = chance, 1 = perfect)",
 }
@@ -389,13 +404,22 @@ def attach_sections(
     tta: Optional[pd.DataFrame] = None,
     subgroups: Optional[pd.DataFrame] = None,
     subgroup_lines: tuple[str, ...] | list[str] = (),
+    leakage: tuple[str, ...] | list[str] = (),
 ) -> dict[str, str]:
     """Add the report's other results to ``metrics`` (JSON-safe records, None for undefined) and
-    return the extra ``report.md`` sections (title -> markdown)."""
+    return the extra ``report.md`` sections (title -> markdown).
+
+    ``leakage``: the data check's warning lines (``data.report.leakage_warnings_for``), repeated in
+    ``metrics.json`` as ``leakage_warnings`` and first in ``report.md``, so a leak 01 found is not
+    forgotten by the numbers it inflates.
+    """
     metrics["calibration"] = calibration
     metrics["targets"] = _records(targets)
     metrics["summary"] = list(summary)
+    metrics["leakage_warnings"] = list(leakage)
     extra: dict[str, str] = {}
+    if leakage:
+        extra["Leakage (from the data check, as in 01_eda)"] = "\n".join(f"- {w}" for w in leakage)
     if subgroups is not None:
         metrics["subgroups"] = _records(subgroups)
         extra["Subgroups"] = "\n".join(f"- {s}" for s in subgroup_lines)

@@ -12,14 +12,28 @@ This module is the one writer (:func:`save_thresholds`) and reader (:func:`read_
 ``thresholds.json``::
 
     {"policy": "youden"|"max_f1"|"sensitivity", "target_sensitivity": float, "fitted_on": "val",
-     "task": str, "rule": "positive when probability >= threshold",
+     "task": str, "rule": one sentence (:func:`rule_sentence`),
      "applies_to": "temperature-scaled probabilities (calibration.json)" | "raw probabilities",
-     "thresholds": {class: t}, "notes": {class: why the default was used}}
+     "thresholds": {class: t}, "notes": {class: why the default was used},
+     "decision": "per_class" | "positive_class" | "argmax", "positive_class": class | null}
 
-The reader returns a :class:`ThresholdRecord` (thresholds in class order, ``applies_to``
+One decision rule per task, fixed by the task and the number of classes (:func:`decision_rule`),
+applied everywhere (03's metrics, 04's galleries, 05's findings) through ONE function,
+:func:`decide`:
+
+- ``per_class`` (multilabel): each class is called when ``p >= its threshold``;
+- ``positive_class`` (multiclass, two classes): ONE threshold on the positive class (the last in
+  config order, e.g. ``1_abnormal``, ``pneumonia``): the image is that class when
+  ``p_pos >= t``, else the other. The other class's entry in ``thresholds`` is ``1 - t``, for
+  display only;
+- ``argmax`` (multiclass, more classes): the most probable class; per-class thresholds are
+  fitted for the one-vs-rest tables only.
+
+The reader returns a :class:`ThresholdRecord` (thresholds in class order, the rule, ``applies_to``
 ``"calibrated"``/``"raw"``); without the file every class uses ``DEFAULT_THRESHOLD`` (0.5) and the
-record carries a warning. :func:`rule_mismatch` is the one-line warning 05 and ``cxr predict``
-print when ``applies_to`` disagrees with ``calibration.json``.
+record carries a warning. A file from an older run (no ``decision`` field) is read as before; for
+a multiclass model the record notes which rule is now applied. :func:`rule_mismatch` is the
+one-line warning 05 and ``cxr predict`` print when ``applies_to`` disagrees with ``calibration.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import pandas as pd
 from cxr_helpers.evaluate.calibration import FILE_NAME as CALIBRATION_FILE
 from cxr_helpers.evaluate.calibration import CalibrationRecord
 from cxr_helpers.metrics import at_threshold, undefined_reason
+from cxr_helpers.paths import write_json
 
 POLICIES = ("youden", "max_f1", "sensitivity")
 DEFAULT_THRESHOLD = 0.5
@@ -88,14 +103,39 @@ def choose_threshold(
     return float(t[i]), ""
 
 
+def decision_rule(task: str, n_classes: int) -> str:
+    """The rule that turns probabilities into calls: ``per_class`` (multilabel), ``positive_class``
+    (two-class multiclass) or ``argmax`` (multiclass with more classes)."""
+    if task == "multiclass":
+        return "positive_class" if n_classes == 2 else "argmax"
+    return "per_class"
+
+
+def positive_index(classes: list[str]) -> int:
+    """The positive class of a two-class model: the last in config order (``0_normal``/``1_abnormal``,
+    ``normal``/``pneumonia``, ``NORMAL``/``PNEUMONIA``), the class the headline AUROC scores."""
+    return len(classes) - 1
+
+
 def fit_thresholds(
     Y_val: np.ndarray,
     P_val: np.ndarray,
     classes: list[str],
     policy: str = "youden",
     target_sensitivity: float = 0.95,
+    task: str = "multilabel",
 ) -> tuple[dict[str, float], dict[str, str]]:
-    """Per-class thresholds fitted on validation ``Y_val, P_val: (N, C)``; and notes per class."""
+    """Thresholds fitted on validation ``Y_val, P_val: (N, C)`` and notes per class.
+
+    One per class (multilabel; one-vs-rest for multiclass with more than two classes). Two-class
+    multiclass: ONE threshold ``t`` on the positive class; the other class gets ``1 - t`` (its
+    side of the same decision, for display; :func:`decide` uses ``t`` only).
+    """
+    if decision_rule(task, len(classes)) == "positive_class":
+        pos = positive_index(classes)
+        t, note = choose_threshold(Y_val[:, pos], P_val[:, pos], policy, target_sensitivity)
+        thr = {c: (t if k == pos else 1.0 - t) for k, c in enumerate(classes)}
+        return thr, ({classes[pos]: note} if note else {})
     thr, notes = {}, {}
     for k, cls in enumerate(classes):
         thr[cls], note = choose_threshold(Y_val[:, k], P_val[:, k], policy, target_sensitivity)
@@ -112,12 +152,18 @@ def policy_table(
     classes: list[str],
     target_sensitivity: float = 0.95,
     policies: tuple[str, ...] = POLICIES,
+    task: str = "multilabel",
 ) -> pd.DataFrame:
-    """How each policy (fitted on val) moves test sensitivity/specificity/PPV/F1, one row per class x policy."""
+    """How each policy (fitted on val) moves test sensitivity/specificity/PPV/F1, one row per class x
+    policy (two-class multiclass: the positive class only, the one threshold the decision uses)."""
     rows = []
+    shown = range(len(classes))
+    if decision_rule(task, len(classes)) == "positive_class":
+        shown = [positive_index(classes)]
     for policy in policies:
-        thr, _ = fit_thresholds(Y_val, P_val, classes, policy, target_sensitivity)
-        for k, cls in enumerate(classes):
+        thr, _ = fit_thresholds(Y_val, P_val, classes, policy, target_sensitivity, task)
+        for k in shown:
+            cls = classes[k]
             r = at_threshold(Y_test[:, k], P_test[:, k], thr[cls])
             rows.append(
                 {
@@ -142,22 +188,27 @@ def save_thresholds(
     notes: Optional[dict[str, str]] = None,
     calibrated: bool = False,
 ) -> Path:
-    """Write ``thresholds.json``: ``{"policy", "target_sensitivity", "fitted_on": "val", "task",
-    "thresholds": {class: t}, "notes", "applies_to"}`` (05_predict calls a finding when ``p >= t``,
-    on calibrated probabilities when ``calibrated``: the thresholds were fitted on those)."""
+    """Write ``thresholds.json`` (keys in the module docstring; ``thresholds`` in class order).
+
+    ``rule`` is the sentence every report shows, ``decision`` the rule's name (:func:`decide`
+    applies it), on calibrated probabilities when ``calibrated`` (the thresholds were fitted on those).
+    """
     path = Path(path)
+    classes = list(thresholds)
+    record = threshold_record(np.array([thresholds[c] for c in classes], float), classes, task)
     obj = {
         "policy": policy,
         "target_sensitivity": target_sensitivity,
         "fitted_on": "val",
         "task": task,
-        "rule": "positive when probability >= threshold",
+        "rule": rule_sentence(record, classes),
         "applies_to": _applies_to_text("calibrated" if calibrated else "raw"),
         "thresholds": {k: float(v) for k, v in thresholds.items()},
         "notes": notes or {},
+        "decision": record.rule,
+        "positive_class": classes[record.positive] if record.positive is not None else None,
     }
-    path.write_text(json.dumps(obj, indent=2))
-    return path
+    return write_json(path, obj)
 
 
 def _applies_to_text(short: str) -> str:
@@ -178,20 +229,82 @@ class ThresholdRecord:
     applies_to: Optional[str]
     source: str
     warnings: list[str] = field(default_factory=list)
+    rule: str = "per_class"
+    positive: Optional[int] = None
 
 
-def read_thresholds(run_dir_or_file: str | Path, classes: list[str]) -> ThresholdRecord:
-    """The thresholds of a run dir (or the file) in class order; 0.5 with a warning when the file
-    or a class is missing. ThresholdError (one line) for an unreadable file."""
+def threshold_record(
+    thresholds: np.ndarray, classes: list[str], task: str, policy: Optional[str] = None, source: str = "in memory"
+) -> ThresholdRecord:
+    """A record for thresholds held in memory (03's fit, tests): the task's rule, no file."""
+    rule = decision_rule(task, len(classes))
+    pos = positive_index(classes) if rule == "positive_class" else None
+    return ThresholdRecord(np.asarray(thresholds, dtype=float), policy, None, source, [], rule, pos)
+
+
+def decide(probs: np.ndarray, record: ThresholdRecord) -> np.ndarray:
+    """The calls the run's rule makes: bool (N, C), ``probs`` (N, C) in [0, 1] (decision probabilities).
+
+    ``per_class``: ``probs >= thresholds``; ``positive_class``: one True per row, the positive class
+    when ``p_pos >= t_pos`` else the other; ``argmax``: one True per row at the most probable class.
+    For multiclass the predicted class index is ``decide(...).argmax(1)``.
+    """
+    P = np.asarray(probs, dtype=np.float64)
+    if record.rule == "per_class":
+        return P >= np.asarray(record.thresholds, dtype=float)[None, :]
+    n, c = P.shape
+    if record.rule == "positive_class":
+        pos = c - 1 if record.positive is None else record.positive
+        hit = P[:, pos] >= float(record.thresholds[pos])
+        index = np.where(hit, pos, 1 - pos)
+    else:
+        index = P.argmax(1) if n else np.zeros(0, dtype=int)
+    out = np.zeros((n, c), dtype=bool)
+    out[np.arange(n), index] = True
+    return out
+
+
+def table_calls(probs: np.ndarray, record: ThresholdRecord) -> np.ndarray:
+    """Calls (N, C) bool for per-class tables: :func:`decide`'s, except under ``argmax`` where each
+    class's row is one-vs-rest at its own threshold (``probs >= t``), as the table says."""
+    if record.rule == "argmax":
+        return np.asarray(probs, dtype=np.float64) >= np.asarray(record.thresholds, dtype=float)[None, :]
+    return decide(probs, record)
+
+
+def rule_sentence(record: ThresholdRecord, classes: list[str]) -> str:
+    """The decision rule in one sentence, as every report states it."""
+    if record.rule == "positive_class":
+        pos = len(classes) - 1 if record.positive is None else record.positive
+        return (
+            f"Decision: {classes[pos]} when p_{classes[pos]} >= {float(record.thresholds[pos]):.4g} "
+            f"(one threshold), else {classes[1 - pos]}."
+        )
+    if record.rule == "argmax":
+        return (
+            "Decision: the most probable class (arg-max); per-class thresholds are used only in the "
+            "one-vs-rest tables."
+        )
+    return "Decision: each class is called on its own when its probability >= its threshold (none, one or several per image)."
+
+
+def read_thresholds(
+    run_dir_or_file: str | Path, classes: list[str], task: Optional[str] = None
+) -> ThresholdRecord:
+    """The thresholds of a run dir (or the file) in class order, with the rule of ``task`` (the
+    model's; default: the file's ``task``, else multilabel); 0.5 with a warning when the file or
+    a class is missing. ThresholdError (one line) for an unreadable file."""
     path = Path(run_dir_or_file)
     path = path / FILE_NAME if path.is_dir() else path
     default = np.full(len(classes), DEFAULT_THRESHOLD)
     if not path.is_file():
         where = path.parent
+        base = threshold_record(default, classes, task or "multilabel")
         return ThresholdRecord(
             default, None, None, f"default {DEFAULT_THRESHOLD} (no {FILE_NAME})",
             [f"no {FILE_NAME} in {where}: every class uses {DEFAULT_THRESHOLD} "
              "(run 03_error_analysis to fit thresholds on validation)"],
+            base.rule, base.positive,
         )
     try:
         obj = json.loads(path.read_text())
@@ -202,17 +315,35 @@ def read_thresholds(run_dir_or_file: str | Path, classes: list[str]) -> Threshol
         raise ThresholdError(
             f"{path}: not a thresholds file ({type(exc).__name__}: {first}); re-run 03_error_analysis"
         ) from None
-    missing = [c for c in classes if c not in values]
+    thr = np.array([values.get(c, DEFAULT_THRESHOLD) for c in classes], dtype=float)
+    base = threshold_record(thr, classes, task or str(obj.get("task") or "multilabel"))
+    needed = classes if base.positive is None else [classes[base.positive]]
+    missing = [c for c in needed if c not in values]
     warnings = [f"{path} lacks thresholds for {', '.join(missing)}: those use {DEFAULT_THRESHOLD}"] if missing else []
+    warnings += _rule_notes(path, obj, base, classes)
     policy = obj.get("policy")
     source = f"{FILE_NAME} ({policy + ', ' if policy else ''}fitted on {obj.get('fitted_on', 'val')})"
     return ThresholdRecord(
-        np.array([values.get(c, DEFAULT_THRESHOLD) for c in classes], dtype=float),
-        policy,
-        APPLIES_TO.get(obj.get("applies_to", "")),
-        source,
-        warnings,
+        thr, policy, APPLIES_TO.get(obj.get("applies_to", "")), source, warnings, base.rule, base.positive
     )
+
+
+def _rule_notes(path: Path, obj: dict, base: ThresholdRecord, classes: list[str]) -> list[str]:
+    """One line when the file's stated rule is absent (an older multiclass run) or differs from the model's."""
+    stated = obj.get("decision")
+    if stated is None:
+        if base.rule == "per_class":
+            return []  # older multilabel files meant exactly this rule
+        return [
+            f"{path} is from an older run and does not state its decision rule: applying "
+            f"'{rule_sentence(base, classes)[len('Decision: '):]}' (re-run 03_error_analysis to record it)"
+        ]
+    if stated != base.rule:
+        return [
+            f"{path} says decision '{stated}' but this model's task needs '{base.rule}': applying "
+            f"'{base.rule}' (re-run 03_error_analysis for this model)"
+        ]
+    return []
 
 
 def rule_mismatch(thresholds: ThresholdRecord, calibration: CalibrationRecord) -> Optional[str]:

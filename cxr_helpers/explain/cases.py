@@ -14,6 +14,7 @@ import numpy as np
 
 from cxr_helpers.config import CamConfig
 from cxr_helpers.data.types import PreparedData
+from cxr_helpers.evaluate.thresholds import decide, threshold_record
 from cxr_helpers.explain.cam import compute_cams
 from cxr_helpers.explain.localization import box_mask
 from cxr_helpers.model.inference import Classifier
@@ -114,7 +115,7 @@ def select_cases(
     """Row indices for class ``k``: the ``n`` most confident true positives, false positives and false negatives.
 
     y_true: (N, C) 0/1; probs: (N, C) in [0, 1]; predicted: optional (N,) bool calls for class ``k``
-    (multiclass: argmax == k), else ``probs[:, k] >= threshold``. TP and FP are sorted by probability
+    (the run's rule, ``evaluate.thresholds.decide``), else ``probs[:, k] >= threshold``. TP and FP are sorted by probability
     (highest first), FN by probability (lowest first: the most confidently missed).
     """
     y, p = np.asarray(y_true)[:, k] > 0.5, np.asarray(probs)[:, k]
@@ -141,12 +142,14 @@ def gallery_cases(
     """Overlay kwargs for class ``k``'s most confident TPs, FPs and FNs (maps explain class ``k``).
 
     rows: (N,) PreparedData indices; probs: (N, C) decision probabilities of those rows;
-    thresholds: (C,). Maps run on ``clf.model`` with ``clf.preprocess`` (float32).
+    thresholds: (C,) as ``thresholds.json`` holds them. Right and wrong follow the run's decision
+    rule (``evaluate.thresholds.decide``: per class, one threshold on the positive class, or
+    arg-max), as in 03 and 05. Maps run on ``clf.model`` with ``clf.preprocess`` (float32).
     """
     y = data.labels()[rows]
     p = probs
-    pred = p.argmax(1) == k if data.task == "multiclass" else None
-    sel = select_cases(y, p, k, float(thresholds[k]), n, predicted=pred)
+    calls = decide(p, threshold_record(thresholds, list(data.classes), data.task))
+    sel = select_cases(y, p, k, float(thresholds[k]), n, predicted=calls[:, k])
     out: dict[str, list[dict]] = {}
     for group, idx in sel.items():
         if len(idx) == 0:

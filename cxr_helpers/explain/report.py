@@ -20,7 +20,13 @@ import torch
 from cxr_helpers.config import CamConfig, Config
 from cxr_helpers.data.types import PreparedData
 from cxr_helpers.evaluate.calibration import decision_probs, read_calibration
-from cxr_helpers.evaluate.thresholds import ThresholdError, read_thresholds, rule_mismatch
+from cxr_helpers.evaluate.thresholds import (
+    ThresholdError,
+    read_thresholds,
+    rule_mismatch,
+    rule_sentence,
+    threshold_record,
+)
 from cxr_helpers.explain.cam import (
     METHOD_LABELS,
     compute_cams_multi,
@@ -210,7 +216,7 @@ def decision_probabilities(
     probs = decision_probs(probs, calibration, data.task)
     notes.append(f"calibration: {calibration.source}")
     try:
-        record = read_thresholds(run_dir, classes)
+        record = read_thresholds(run_dir, classes, data.task)
         thr = record.thresholds
         notes.append(f"thresholds: {record.source}")
         mismatch = rule_mismatch(record, calibration)
@@ -219,8 +225,8 @@ def decision_probabilities(
     except ThresholdError:
         thr = np.full(len(classes), 0.5)
         notes.append("thresholds: 0.5")
-    if data.task == "multiclass":
-        notes.append("multiclass: the predicted class is the most probable one")
+        record = threshold_record(thr, list(classes), data.task)
+    notes.append(rule_sentence(record, list(classes)))
     return probs, np.asarray(thr, float), "; ".join(notes)
 
 

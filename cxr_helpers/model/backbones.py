@@ -10,9 +10,12 @@ checkpoint evaluated as is (``model.checkpoint``).
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -66,6 +69,66 @@ def create_model(mcfg: ModelConfig, num_classes: int) -> nn.Module:
     if mcfg.weights:
         load_weights(model, mcfg.weights, key="model.weights")
     return model
+
+
+_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """True when a weights file of Hugging Face hub repo ``repo_id`` is in the local hub cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    repo = repo_id.split("@")[0]
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in _HUB_FILES)
+
+
+def _url_cached(url: str) -> bool:
+    """True when torch.hub's checkpoint cache holds the file at ``url``."""
+    return bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name).is_file()
+
+
+def _unreachable(host: str, timeout: float) -> Optional[str]:
+    """Why ``host``:443 cannot be reached (one short phrase), None when a connection opens."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return None
+    except OSError as exc:
+        return (str(exc) or type(exc).__name__).splitlines()[0][:80]
+
+
+def pretrained_problem(mcfg: ModelConfig, timeout: float = 4.0) -> Optional[str]:
+    """Why ``model.pretrained`` weights cannot be had here (one line with the offline way out), or None.
+
+    Checked before any work starts (``cxr run`` before 01, training before the data is prepared), so
+    an offline machine learns it at once rather than after the EDA. Weights already in the local
+    Hugging Face / torch.hub cache need no network; otherwise the hub host must accept a connection
+    (``HF_HUB_OFFLINE=1`` counts as offline). An unknown arch is left to ``create_model``'s message.
+    """
+    if not mcfg.pretrained or mcfg.checkpoint:
+        return None
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(mcfg.arch):
+        return None
+    pcfg = get_pretrained_cfg(mcfg.arch)
+    if pcfg is None:
+        return f"model.pretrained: timm has no pretrained weights for '{mcfg.arch}'; set model.pretrained=false"
+    hub_id, url = getattr(pcfg, "hf_hub_id", None), getattr(pcfg, "url", None)
+    if (hub_id and _hub_cached(hub_id)) or (url and _url_cached(url)):
+        return None
+    fix = ("offline, start from a local timm/torchvision state dict (model.weights=/path/to/weights.pth "
+           "with model.pretrained=false) or train from scratch (model.pretrained=false)")
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in _OFFLINE_ENV):
+        return f"model.pretrained: '{mcfg.arch}' weights are not cached and HF_HUB_OFFLINE is set; {fix}"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname if hub_id else urlparse(url).hostname
+    why = _unreachable(host or "huggingface.co", timeout)
+    if why is None:
+        return None
+    return f"model.pretrained: '{mcfg.arch}' weights are not cached and {host} cannot be reached ({why}); {fix}"
 
 
 def model_norm(model: nn.Module, in_chans: int) -> tuple[list[float], list[float]]:

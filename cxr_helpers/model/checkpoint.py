@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from cxr_helpers.config import Config, config_from_dict
+from cxr_helpers.paths import removing_on_failure, temp_name
 
 FORMAT = "cxr-checkpoint"
 VERSION = 2
@@ -31,16 +32,21 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus format tag) to ``path`` atomically: temp file, fsync, rename."""
+    """Write ``payload`` (plus format tag) to ``path`` atomically: temp file, fsync, rename.
+
+    On any failure the temp file is removed and the previous ``path`` (if any) is left as it was;
+    a full or read-only disk raises ``paths.DiskWriteError`` (one line: the file and the free space)
+    instead of torch's ``RuntimeError: [enforce fail at inline_container.cc...]``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_name(path)
     data = {"format": FORMAT, "version": VERSION, **payload}
-    with open(tmp, "wb") as fh:
-        torch.save(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with removing_on_failure(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     return path
 
 

@@ -3,6 +3,8 @@
 A new file goes through exactly what a training image went through: decode with
 ``imageio.read_image``, then ``data.geometry.preprocess_image`` at the checkpoint's size, aspect and
 CLAHE setting. A file that cannot be read is listed with its one-line reason, never a crash.
+A file whose DICOM header says it is no frontal chest radiograph (CT/MR/... modality, another body
+part, a lateral view) is still predicted, with a warning per problem (``header_warnings``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import pandas as pd
 
 from cxr_helpers.config import DataConfig
 from cxr_helpers.data.geometry import preprocess_image
-from cxr_helpers.data.imageio import read_image
+from cxr_helpers.data.imageio import ImageHeader, ImageReadError, header_problems, read_header, read_image
 from cxr_helpers.paths import resolve_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 SKIPPED_COLUMNS = ["path", "reason"]
+WARNING_COLUMNS = ["path", "check", "warning"]
 
 
 def resolve_inputs(inputs: Optional[Sequence[str | Path] | str | Path], cfg: Any = None) -> list[str]:
@@ -106,3 +109,23 @@ def one_line(exc: BaseException, path: Optional[Path] = None) -> str:
     if type(exc).__name__ in ("ImageReadError", "CacheError") and msg:
         return msg
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def header_warnings(
+    files: Sequence[Path], reader: Callable[[Path], ImageHeader] = read_header
+) -> pd.DataFrame:
+    """One row per header problem of each file: ``path``, ``check`` (modality | body_part | lateral,
+    as in ``data.image_checks``) and ``warning`` (one line). Training keeps such images out; here
+    they are predicted, and the warning says why their findings deserve doubt. PNG/JPEG headers
+    say nothing, so they get no rows; a header that cannot be read is left to ``load_images``.
+    """
+    rows = []
+    for f in files:
+        try:
+            problems = header_problems(reader(f))
+        except ImageReadError:
+            continue
+        for check, reason in problems.items():
+            warning = f"{reason}; the model was trained on frontal chest radiographs"
+            rows.append({"path": str(f), "check": check, "warning": warning})
+    return pd.DataFrame(rows, columns=WARNING_COLUMNS)

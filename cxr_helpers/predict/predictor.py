@@ -4,9 +4,11 @@ A ``Predictor`` is a trained run's ``Classifier`` (``model.inference.load_model`
 path) plus the rules 03 fitted on validation, read by their owners: ``calibration.json``
 (``evaluate.calibration.read_calibration``) and ``thresholds.json``
 (``evaluate.thresholds.read_thresholds``; 0.5 with a warning when absent). Decisions are made on
-``evaluate.calibration.decision_probs``: calibrated where 03 calibrated, raw otherwise. When
-``thresholds.json`` was fitted on other probabilities than that (``applies_to``), the predictor
-carries a one-line warning. Research use only.
+``evaluate.calibration.decision_probs``: calibrated where 03 calibrated, raw otherwise, and called
+by the same rule as 03's metrics (``evaluate.thresholds.decide``: per class for multilabel, one
+threshold on the positive class for two classes, arg-max for more). When ``thresholds.json`` was
+fitted on other probabilities than that (``applies_to``), the predictor carries a one-line
+warning. Research use only.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import pandas as pd
 
 from cxr_helpers.config import DataConfig
 from cxr_helpers.evaluate.calibration import CalibrationRecord, decision_probs, read_calibration
-from cxr_helpers.evaluate.thresholds import ThresholdRecord, read_thresholds, rule_mismatch
+from cxr_helpers.evaluate.thresholds import (
+    ThresholdRecord,
+    decide,
+    read_thresholds,
+    rule_mismatch,
+    rule_sentence,
+)
 from cxr_helpers.model.checkpoint import ModelMeta
 from cxr_helpers.model.inference import Classifier, load_model
 from cxr_helpers.paths import resolve_path
@@ -75,17 +83,31 @@ class Predictor:
     def calibration_source(self) -> str:
         return self.calibration.source
 
+    @property
+    def rule_sentence(self) -> str:
+        """The decision rule in one sentence (``evaluate.thresholds.rule_sentence``)."""
+        return rule_sentence(self.rules, self.classes)
+
     def decide(self, raw: np.ndarray) -> np.ndarray:
         """The probabilities findings are called on: ``raw`` (N, C) calibrated where 03 calibrated."""
         return decision_probs(raw, self.calibration, self.task)
 
+    def calls(self, probs: np.ndarray) -> np.ndarray:
+        """Bool (N, C) calls on decision probabilities ``probs`` (N, C): 03's rule, ``thresholds.decide``."""
+        return decide(probs, self.rules)
+
     def rules_table(self) -> pd.DataFrame:
-        """One row per class: threshold, its source, temperature (what decides positive/negative)."""
+        """One row per class: threshold, whether the decision uses it (all for multilabel, the
+        positive class's for two classes, none for arg-max), its source, temperature."""
         temps = self.calibration.temperatures if self.calibration.in_use else None
+        used = {"per_class": [True] * len(self.classes), "argmax": [False] * len(self.classes)}.get(
+            self.rules.rule, [k == self.rules.positive for k in range(len(self.classes))]
+        )
         return pd.DataFrame(
             {
                 "class": self.classes,
                 "threshold": self.thresholds,
+                "decides": used,
                 "threshold_source": self.threshold_source,
                 "temperature": temps if temps is not None else np.full(len(self.classes), np.nan),
             }
@@ -101,10 +123,11 @@ def prep_settings(meta: ModelMeta, cfg: Any = None) -> DataConfig:
 
 
 def decision_rules(
-    run_dir: Path, classes: list[str]
+    run_dir: Path, classes: list[str], task: Optional[str] = None
 ) -> tuple[ThresholdRecord, CalibrationRecord, list[str]]:
-    """The run's thresholds and calibration records and the warnings about them (one line each)."""
-    rules = read_thresholds(run_dir, classes)
+    """The run's thresholds (with the rule of the model's ``task``) and calibration records, and
+    the warnings about them (one line each)."""
+    rules = read_thresholds(run_dir, classes, task)
     calibration = read_calibration(run_dir, classes)
     mismatch = rule_mismatch(rules, calibration)
     return rules, calibration, list(rules.warnings) + ([mismatch] if mismatch else [])
@@ -120,7 +143,7 @@ def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -
     if not run_dir.is_dir():
         raise PredictError(f"run dir not found: {run_dir} (train first: cxr run CONFIG, or point at a run dir)")
     clf = load_model(run_dir, device)
-    rules, calibration, notes = decision_rules(run_dir, clf.classes)
+    rules, calibration, notes = decision_rules(run_dir, clf.classes, clf.task)
     return Predictor(
         classifier=clf,
         classes=clf.classes,

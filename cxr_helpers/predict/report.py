@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from cxr_helpers.data.cache import prepare
 from cxr_helpers.data.imageio import read_image
 from cxr_helpers.data.types import PreparedData
+from cxr_helpers.evaluate.thresholds import decide, threshold_record
 from cxr_helpers.explain.cam import METHOD_LABELS, compute_cams
 from cxr_helpers.predict.findings import PredictionResult
 from cxr_helpers.predict.inputs import one_line, resolve_inputs
@@ -29,45 +30,71 @@ from cxr_helpers.predict.predictor import RESEARCH_NOTE, Predictor
 DEMO_LABELS = "labels.csv"
 
 
-def write_demo_inputs(
-    prepared: PreparedData, out_dir: str | Path, n: int = 4, split: str = "test", dicom: bool = True
-) -> list[Path]:
-    """Write ``n`` images of ``split`` to ``out_dir`` (and the first again as DICOM) for a demo,
-    with their known findings in ``labels.csv``.
-
-    File sources (a manifest ``path`` that exists) are copied as they are, so the demo decodes and
-    prepares the original file; in-memory sources (synthetic, MedMNIST) are written as PNG from the
-    cache (already at the prepared size: preparing again changes nothing unless CLAHE is on, then
-    it is applied twice: fine for a demo, not for evaluation).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def demo_rows(prepared: PreparedData, split: str = "test", n: int = 4) -> list[int]:
+    """``n`` rows of ``split`` (all rows when the split is empty) that cover as many label sets as
+    possible: rows are grouped by their first true class ("none" without one), groups in order of
+    first appearance, and taken one per group in turn, in split order within a group."""
     idx = prepared.split_index(split)
     if len(idx) == 0:
         idx = np.arange(len(prepared.images))
+    Y = prepared.manifest[prepared.classes].to_numpy()[idx] > 0.5
+    keys = np.where(Y.any(1), Y.argmax(1), -1)
+    groups = [list(idx[keys == key]) for key in dict.fromkeys(keys.tolist())]
+    rows: list[int] = []
+    while len(rows) < n and any(groups):
+        for g in groups:
+            if g and len(rows) < n:
+                rows.append(int(g.pop(0)))
+    return rows
+
+
+def _unique(path: Path, taken: set[Path]) -> Path:
+    """``path``, or ``<stem>_2<suffix>``, ``_3`` ... when another demo file already has the name."""
+    out, i = path, 1
+    while out in taken:
+        i += 1
+        out = path.with_name(f"{path.stem}_{i}{path.suffix}")
+    taken.add(out)
+    return out
+
+
+def write_demo_inputs(
+    prepared: PreparedData, out_dir: str | Path, n: int = 4, split: str = "test", dicom: bool = True
+) -> list[Path]:
+    """Write ``n`` images of ``split`` (``demo_rows``: spread over the classes) to ``out_dir``
+    (and the first again as DICOM) for a demo, with their known findings in ``labels.csv``.
+
+    Files keep their names: a source file (a manifest ``path`` that exists) is copied as it is,
+    under its own name, so the demo decodes and prepares the original file; an in-memory source
+    (synthetic, MedMNIST) is written as ``<image_id>.png`` from the cache (already at the prepared
+    size: preparing again changes nothing unless CLAHE is on, then it is applied twice: fine for a
+    demo, not for evaluation).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     manifest = prepared.manifest
     paths: list[Path] = []
-    rows = [int(i) for i in idx[:n]]
+    taken: set[Path] = set()
+    rows = demo_rows(prepared, split, n)
     first_pixels: Optional[np.ndarray] = None
     for i in rows:
         image_id = str(manifest["image_id"].iloc[i])
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in image_id)
         src = Path(str(manifest["path"].iloc[i])) if "path" in manifest else None
         if src is not None and src.is_file():
-            p = out_dir / f"{split}_{Path(safe).stem}{src.suffix.lower()}"
+            p = _unique(out_dir / src.name, taken)
             shutil.copyfile(src, p)
         else:
-            p = out_dir / f"{split}_{safe}.png"
+            p = _unique(out_dir / f"{Path(safe).stem}.png", taken)
             Image.fromarray(np.asarray(prepared.images[i], dtype=np.uint8)).save(p)
         if first_pixels is None:
             first_pixels = read_image(p)
         paths.append(p)
-    if dicom and first_pixels is not None:
-        p = out_dir / (paths[0].stem + ".dcm")
-        if p != paths[0]:
-            write_dicom(first_pixels, p)
-            paths.append(p)
-            rows.append(rows[0])
+    if dicom and first_pixels is not None and paths[0].suffix.lower() not in (".dcm", ".dicom"):
+        p = _unique(out_dir / (paths[0].stem + ".dcm"), taken)
+        write_dicom(first_pixels, p)
+        paths.append(p)
+        rows.append(rows[0])
     truth = manifest[prepared.classes].to_numpy()[rows] > 0.5
     labels = pd.DataFrame(
         {
@@ -114,12 +141,12 @@ def write_dicom(image: np.ndarray, path: str | Path) -> Path:
 
 
 def cam_classes(probs: np.ndarray, thresholds: np.ndarray, task: str, max_cams: int = 2) -> list[int]:
-    """Classes to explain for one image: its positive findings by falling probability (at most
-    ``max_cams``); the top class when none is positive or the task is multiclass."""
+    """Classes to explain for one image (probs: (C,)): the classes the run's rule calls
+    (``evaluate.thresholds.decide``; multiclass: the predicted class) by falling probability, at
+    most ``max_cams``; the top class when none is called."""
     probs = np.asarray(probs, dtype=float)
-    if task == "multiclass":
-        return [int(probs.argmax())]
-    order = [int(k) for k in np.argsort(-probs) if probs[k] >= thresholds[k]]
+    called = decide(probs[None, :], threshold_record(thresholds, [str(k) for k in range(len(probs))], task))[0]
+    order = [int(k) for k in np.argsort(-probs, kind="stable") if called[k]]
     return order[:max_cams] if order else [int(probs.argmax())]
 
 
@@ -191,6 +218,7 @@ def describe(predictor: Predictor, cfg: Any = None) -> str:
         f"- Model: `{predictor.meta.arch if predictor.meta is not None else '?'}`, task **{predictor.task}**, "
         f"classes: {', '.join(predictor.classes)}",
         f"- Preparation (as in training): {d.image_size} px, aspect `{d.aspect}`, CLAHE {'on' if d.clahe else 'off'}",
+        f"- {predictor.rule_sentence}",
         f"- Thresholds: **{predictor.threshold_source}**",
         f"- Calibration: **{predictor.calibration_source}**",
     ]
@@ -212,16 +240,21 @@ def choose_inputs(inputs: Any, cfg: Any, run_dir: str | Path) -> tuple[list[str]
     prepared = prepare(cfg, progress=False)
     out_dir = Path(run_dir) / "predict_inputs"
     paths = write_demo_inputs(prepared, out_dir, n=cfg.predict.demo_images)
+    truth = pd.read_csv(out_dir / DEMO_LABELS, dtype=str, keep_default_na=False)["truth"]
+    covered = ", ".join(dict.fromkeys(truth))
     return [str(p) for p in paths], (
         f"No inputs given: wrote {len(paths)} test-split images of this run's data to `{out_dir}` "
-        "(PNG, plus one as DICOM) and predict those files. Pass `inputs` (files or folders) to predict your own."
+        f"(under their own names, plus one as DICOM; true labels: {covered}) and predict those files. "
+        "Pass `inputs` (files or folders) to predict your own."
     )
 
 
 def outcome_markdown(result: PredictionResult) -> str:
-    """One line: how many images were predicted and how many skipped (listed below it)."""
+    """One line: how many images were predicted and how many skipped (listed below it), and a
+    bold line per predicted file whose DICOM header says it is not a frontal chest radiograph."""
     n, k = len(result.table), len(result.skipped)
-    text = f"**{n}** image(s) predicted, **{k}** skipped."
+    text = "".join(f"**Warning: {w.path}: {w.warning}**\n\n" for w in result.warnings.itertuples())
+    text += f"**{n}** image(s) predicted, **{k}** skipped."
     if k:
         text += " Skipped inputs and why:"
     return text
@@ -230,13 +263,17 @@ def outcome_markdown(result: PredictionResult) -> str:
 def report_table(
     result: PredictionResult, classes: list[str], labels: Optional[pd.DataFrame] = None, digits: int = 3
 ) -> pd.DataFrame:
-    """The findings table for display: image, positive findings, top finding, probabilities (rounded).
+    """The findings table for display, probabilities rounded: image, called findings, top finding
+    (multilabel) or image, predicted class (multiclass: the one the rule calls, no separate top
+    finding that could disagree with it), then the probabilities.
 
     labels: optional ``path, truth`` (the demo images' known findings), shown as a ``truth`` column.
     """
     t = result.table
-    out = t[["image", "findings", "top_finding", "top_prob"] + [f"p_{c}" for c in classes]].copy()
-    out["findings"] = out["findings"].replace("", "(none above threshold)")
+    lead = ["predicted"] if "predicted" in t else ["findings", "top_finding", "top_prob"]
+    out = t[["image", *lead] + [f"p_{c}" for c in classes]].copy()
+    if "findings" in out:
+        out["findings"] = out["findings"].replace("", "(none above threshold)")
     if labels is not None and len(labels):
         truth = dict(zip(labels["path"], labels["truth"]))
         known = [truth.get(str(Path(p).resolve())) for p in t["path"]]
@@ -253,12 +290,21 @@ def report_panels(predictor: Predictor, result: PredictionResult, cfg: Any) -> t
         cams, note = prediction_cams(
             predictor, result, method=cfg.predict.cam_method, max_images=n, target_layer=cfg.cam.target_layer
         )
-    titles = [
-        f"{r.image}\ntop: {r.top_finding} ({r.top_prob:.2f})" for r in result.table.iloc[:n].itertuples()
-    ]
+    table = result.table.iloc[:n]
+    if "predicted" in table:
+        titles = [f"{r.image}\npredicted: {r.predicted}" for r in table.itertuples()]
+    else:
+        titles = [f"{r.image}\ntop: {r.top_finding} ({r.top_prob:.2f})" for r in table.itertuples()]
     fig = plot_predictions(
-        result.images[:n], result.probs[:n], predictor.classes, predictor.thresholds, titles, cams=cams
+        result.images[:n], result.probs[:n], predictor.classes, tick_thresholds(predictor), titles,
+        cams=cams, calls=predictor.calls(result.probs[:n]),
     )
     if n < len(result.table):
         note += f" Showing the first {n} of {len(result.table)} images (predict.max_panels)."
     return fig, note
+
+
+def tick_thresholds(predictor: Predictor) -> Optional[np.ndarray]:
+    """Thresholds to mark on probability bars (C,): None under the arg-max rule, where no
+    threshold decides anything."""
+    return None if predictor.rules.rule == "argmax" else predictor.thresholds

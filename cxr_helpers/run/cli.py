@@ -1,10 +1,12 @@
 """The ``cxr`` command: ``cxr run`` (notebook chain), ``cxr train`` (training without a notebook,
-for torchrun and clusters), ``cxr predict`` (findings for new image files).
+for torchrun and clusters), ``cxr predict`` (findings for new image files), ``cxr cache`` (prepared
+data caches: list, prune).
 
 Every failure is one line on stderr and a non-zero exit: usage and input errors (bad config key,
 missing file, a model that cannot be used) exit 2; a failed notebook exits 1 after its report and
-both index pages are written; anything else (a diverged training, a full disk) exits 1 with the
-error's type and first line. ``--debug`` (before the command) shows the full traceback instead.
+both index pages are written; a full or read-only disk exits 1 with the file and the free space;
+anything else (a diverged training) exits 1 with the error's type and first line. ``--debug``
+(before the command) shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from typing import Optional
 
 from cxr_helpers.config import ConfigError
+from cxr_helpers.paths import DiskWriteError
+from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -44,8 +48,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_pred = sub.add_parser("predict", help="findings for new PNG/JPG/DICOM files from a trained run")
     p_pred.add_argument("run_dir", help="a run dir holding model/best.pt (and thresholds.json, calibration.json)")
     p_pred.add_argument("inputs", nargs="+", help="image files or folders")
-    p_pred.add_argument("--csv", default=None, help="write the findings table here")
+    p_pred.add_argument("--csv", default=None, help="write the findings table to this file (summary: same name, .json)")
+    p_pred.add_argument("--out", default=None, metavar="DIR",
+                        help="write predictions_new.csv/.json into DIR instead of the run dir")
+    p_pred.add_argument("--overwrite", action="store_true",
+                        help="replace existing predictions files (e.g. the run dir's, written by 05_predict)")
+
+    p_cache = sub.add_parser("cache", help="list prepared data caches (size, last use, runs using them); "
+                             "--prune removes unused ones")
+    p_cache.add_argument("--dir", default=None, help="the cache folder (default: outputs/.cache, data.cache_dir's default)")
+    p_cache.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR",
+                         help="more run dirs whose caches count as used (those under outputs/ always do)")
+    p_cache.add_argument("--prune", action="store_true",
+                         help="remove caches no known run refers to and not used for --days days")
+    p_cache.add_argument("--days", type=float, default=30.0, help="unused for this many days (default 30)")
+    p_cache.add_argument("--yes", action="store_true", help="do not ask before removing")
     return parser
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from cxr_helpers.run.cache_cmd import cache_command
+
+    return cache_command(args.dir, args.runs, prune=args.prune, days=args.days, yes=args.yes)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -62,7 +86,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     index = result.run_dir / "index.html"
     if not result.ok:
-        print(f"cxr run FAILED in {result.failed_notebook}: {result.error}", file=sys.stderr)
+        unmarked = f"; run_status.json could not be marked failed ({result.status_error})" if result.status_error else ""
+        print(f"cxr run FAILED in {result.failed_notebook}: {result.error}{unmarked}", file=sys.stderr)
         print(index)
         return 1
     print(index)
@@ -70,9 +95,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Train under the run dir's lock (rank 0 takes it), like ``cxr run``: a second cxr process on
+    the same run dir refuses instead of overwriting this one's config and checkpoints."""
     from cxr_helpers.train.loop import train_from_config
 
-    train_from_config(args.config, run_dir=args.out, overrides=args.overrides)
+    try:
+        train_from_config(args.config, run_dir=args.out, overrides=args.overrides, lock=run_dir_lock)
+    except RunDirLocked as exc:
+        print(f"cxr train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -81,7 +112,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from cxr_helpers.predict.findings import predict_cli
 
-    table = predict_cli(args.run_dir, args.inputs, out_csv=args.csv)
+    table = predict_cli(args.run_dir, args.inputs, out_csv=args.csv, out_dir=args.out, overwrite=args.overwrite)
     if len(table) == 0:
         print("cxr predict: no readable image among the inputs (see the skipped lines above)", file=sys.stderr)
         return 1
@@ -92,7 +123,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "train": _cmd_train, "predict": _cmd_predict}
+    handlers = {"run": _cmd_run, "train": _cmd_train, "predict": _cmd_predict, "cache": _cmd_cache}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
@@ -101,6 +132,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        if isinstance(exc, DiskWriteError):
+            print(f"cxr {args.command}: {_one_line(exc, with_type=False)}", file=sys.stderr)
+            return 1
         usage = isinstance(exc, (ConfigError, FileNotFoundError, ValueError))
         print(f"cxr {args.command}: {_one_line(exc, with_type=not usage)}", file=sys.stderr)
         return 2 if usage else 1

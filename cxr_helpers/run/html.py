@@ -12,6 +12,8 @@ from pathlib import Path
 
 import nbformat
 
+from cxr_helpers.paths import write_text
+
 _TOGGLE = """
 <style>
 body.cxr-code-hidden .jp-CodeCell .jp-Cell-inputWrapper { display: none; }
@@ -53,9 +55,4 @@ def notebook_to_html(ipynb: str | os.PathLike, html: str | os.PathLike, hide_cod
     if banner:
         at = body.find(">", body.find("<body")) + 1
         body = body[:at] + f'<div class="cxr-banner">{banner}</div>' + body[at:]
-    out = Path(html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(html, body)

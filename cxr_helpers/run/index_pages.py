@@ -15,10 +15,10 @@ from typing import Any, Optional
 
 import nbformat
 
-from cxr_helpers.data.report import read_eda_summary
+from cxr_helpers.data.report import leakage_index_rows, read_eda_summary
 from cxr_helpers.evaluate.report import headline_entries, read_metrics
 from cxr_helpers.explain.report import read_cam_metrics
-from cxr_helpers.paths import read_json, write_json
+from cxr_helpers.paths import read_json, write_json, write_text
 from cxr_helpers.run.provenance import now_iso, read_provenance
 from cxr_helpers.train.summary import read_train_summary
 
@@ -51,10 +51,6 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _fmt_ci(m: Any) -> str:
@@ -68,30 +64,50 @@ def _fmt_ci(m: Any) -> str:
     return "—"
 
 
+STALE = " (stale: from an earlier run)"
+
+
+def stale_numbers(status: dict[str, Any]) -> set[str]:
+    """Notebook numbers ("01".."06") whose result files may be older than this run: every notebook
+    the status lists that is not "ok" now (failed, not run, stale, pending) or that it does not
+    list at all. Empty without a status (nothing to compare with)."""
+    if not status.get("notebooks"):
+        return set()
+    ok = {nb["name"][:2] for nb in status["notebooks"] if nb.get("status") == "ok"}
+    return {f"{k:02d}" for k in range(1, 7)} - ok
+
+
 def headline_metrics(run_dir: Path) -> list[tuple[str, str]]:
     """(label, value) pairs for the front pages, from whichever result files exist (each read by
-    the module that writes it)."""
+    the module that writes it). A value written by a notebook that is not "ok" in this run's
+    status (a failed or partial re-run left it behind) ends with ``STALE``."""
+    stale = stale_numbers(read_status(run_dir))
+
+    def mark(number: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(k, v + STALE) for k, v in pairs] if number in stale else pairs
+
     out: list[tuple[str, str]] = []
     metrics = read_metrics(run_dir) or {}
-    out += [(label, _fmt_ci(entry)) for label, entry in headline_entries(metrics)]
+    out += mark("03", [(label, _fmt_ci(entry)) for label, entry in headline_entries(metrics)])
     train = read_train_summary(run_dir) or {}
     if train:
         best = train.get("best_metric")
+        pairs = []
         if best is not None and "macro_auroc" not in metrics:
-            out.append((f"Val {train.get('monitor', 'metric')} (best epoch {train.get('best_epoch')})", _fmt_ci(best)))
+            pairs.append((f"Val {train.get('monitor', 'metric')} (best epoch {train.get('best_epoch')})", _fmt_ci(best)))
         if train.get("seconds") is not None:
-            out.append(("Training time", f"{train['seconds']:.0f} s on {train.get('device', '?')}"))
+            pairs.append(("Training time", f"{train['seconds']:.0f} s on {train.get('device', '?')}"))
+        out += mark("02", pairs)
     cam = read_cam_metrics(run_dir) or {}
     if cam.get("summary"):
-        out.append(("Grad-CAM", str(cam["summary"])))
+        out += mark("04", [("Grad-CAM", str(cam["summary"]))])
     eda = read_eda_summary(run_dir) or {}
     if eda.get("n_images") is not None:
-        out.append(("Images (train/val/test)", _split_counts(eda)))
+        pairs = [("Images (train/val/test)", _split_counts(eda))]
         if eda.get("n_skipped") or eda.get("n_missing"):
-            out.append(("Skipped / missing files", f"{eda.get('n_skipped', 0)} / {eda.get('n_missing', 0)}"))
-        leak = eda.get("leakage")
-        if leak not in (None, "ok", True):
-            out.append(("Leakage check", str(leak)))
+            pairs.append(("Skipped / missing files", f"{eda.get('n_skipped', 0)} / {eda.get('n_missing', 0)}"))
+        pairs += leakage_index_rows(eda)
+        out += mark("01", pairs)
     return out
 
 
@@ -154,6 +170,8 @@ def write_run_index(run_dir: Path) -> Path:
         link = f"<a href='reports/{nb['name']}.html'>{nb['name']}.html</a>" if report.is_file() else "—"
         secs = f"{nb['seconds']:.1f}" if nb.get("seconds") is not None else "—"
         err = f"<br><code>{html.escape(nb['error'])}</code>" if nb.get("error") else ""
+        if nb_state == "stale":
+            err += f"<br>results from before {html.escape(str(nb.get('stale_after')))} was re-run"
         parts.append(f"<tr><td>{nb['name']}</td><td class='{cls}'>{nb_state}{err}</td><td>{secs}</td><td>{link}</td></tr>")
         png = _first_figure(run_dir / "notebooks" / f"{nb['name']}.ipynb") if nb_state == "ok" else None
         if png:
@@ -179,7 +197,7 @@ def write_run_index(run_dir: Path) -> Path:
                      f"<tr><th>started / ended</th><td>{prov.get('started')} / {prov.get('ended', '—')}</td></tr></table>")
     parts.append("<p><a href='../index.html'>all runs</a></p></body></html>")
     out = run_dir / "index.html"
-    _write(out, "\n".join(parts))
+    write_text(out, "\n".join(parts))
     return out
 
 
@@ -193,16 +211,22 @@ def register_run(outputs_dir: Path, run_dir: Path) -> None:
     reg = read_json(_registry_path(outputs_dir)) or []
     path = str(run_dir.resolve())
     reg = [p for p in reg if p != path] + [path]
-    tmp = _registry_path(outputs_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(reg, indent=1))
-    os.replace(tmp, _registry_path(outputs_dir))
+    write_text(_registry_path(outputs_dir), json.dumps(reg, indent=1))
+
+
+def known_run_dirs(outputs_dir: Path) -> set[str]:
+    """Resolved run dirs ``outputs/index.html`` lists: those under ``outputs_dir`` and those registered
+    from elsewhere (``--out``), each with a ``run_status.json``."""
+    if not outputs_dir.is_dir():
+        return set()
+    dirs = {str(p.resolve()) for p in outputs_dir.iterdir() if (p / STATUS_FILE).is_file()}
+    return dirs | {p for p in (read_json(_registry_path(outputs_dir)) or []) if (Path(p) / STATUS_FILE).is_file()}
 
 
 def write_outputs_index(outputs_dir: Path) -> Path:
     """Write ``outputs/index.html``: every known run, newest first, with status and headline metric."""
     outputs_dir.mkdir(parents=True, exist_ok=True)
-    dirs = {str(p.resolve()) for p in outputs_dir.iterdir() if (p / STATUS_FILE).is_file()}
-    dirs |= {p for p in (read_json(_registry_path(outputs_dir)) or []) if (Path(p) / STATUS_FILE).is_file()}
+    dirs = known_run_dirs(outputs_dir)
     runs = []
     for d in dirs:
         st = read_status(d)
@@ -228,5 +252,5 @@ def write_outputs_index(outputs_dir: Path) -> Path:
             "<body><h1>cxr runs</h1><table><tr><th>run</th><th>status</th><th>updated</th><th>headline</th>"
             "<th>folder</th></tr>" + "".join(rows) + "</table></body></html>")
     out = outputs_dir / "index.html"
-    _write(out, page)
+    write_text(out, page)
     return out

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
+from cxr_helpers.paths import disk_error
 from cxr_helpers.run.provenance import now_iso
 
 LOCK_FILE = ".cxr-run.lock"
@@ -53,6 +54,15 @@ def _describe(holder: Optional[dict[str, Any]]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
 
 
+def live_holder(run_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The lock record (pid, host, started, command) of the live process holding ``run_dir``, else None."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    holder = _read(path)
+    return holder if holder is not None and _alive(holder) else None
+
+
 @contextmanager
 def run_dir_lock(run_dir: Path, log: Callable[[str], Any] = print) -> Iterator[Path]:
     """Hold ``run_dir``'s lock for the ``with`` block; RunDirLocked (one line) while another live run
@@ -66,14 +76,19 @@ def run_dir_lock(run_dir: Path, log: Callable[[str], Any] = print) -> Iterator[P
             holder = _read(path)
             if holder is not None and _alive(holder):
                 raise RunDirLocked(
-                    f"{run_dir} is in use by another cxr run ({_describe(holder)}); wait for it to finish or "
+                    f"{run_dir} is in use by another cxr run ({_describe(holder)}: {holder.get('command', '?')}); "
+                    "wait for it to finish or "
                     f"choose another --out (if that run is gone, delete {path})"
                 ) from None
             log(f"note: took over the lock of {run_dir} from {_describe(holder)}, which no longer runs")
             path.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+        except OSError as exc:  # a full disk: no empty lock left behind
+            path.unlink(missing_ok=True)
+            raise disk_error(path, exc) from exc
         break
     else:
         raise RunDirLocked(f"{run_dir}: could not take {path}; another run keeps replacing it")

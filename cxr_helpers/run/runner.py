@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Optional
 
 from cxr_helpers.config import Config, load_config, save_config
-from cxr_helpers.paths import notebooks_dir, project_root, resolve_path
+from cxr_helpers.data.report import leakage_warnings
+from cxr_helpers.model.backbones import pretrained_problem
+from cxr_helpers.paths import DiskWriteError, check_writable, notebooks_dir, project_root, resolve_path
 from cxr_helpers.run import index_pages, provenance
 from cxr_helpers.run.html import notebook_to_html
 from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
@@ -33,10 +35,14 @@ class RunError(RuntimeError):
 
 @dataclass
 class RunResult:
+    """How a run ended. ``status_error``: why ``run_status.json`` could not be marked with the
+    final state (a full or read-only disk), None when it was."""
+
     run_dir: Path
     ok: bool
     failed_notebook: Optional[str] = None
     error: Optional[str] = None
+    status_error: Optional[str] = None
 
 
 def available_notebooks() -> list[str]:
@@ -129,7 +135,7 @@ def _plan(config, overrides, out, only, hide_code, log) -> _Plan:
     names = select_notebooks(cfg, only)
     outputs_dir = project_root() / "outputs"
     run_dir = resolve_path(out) if out else outputs_dir / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)  # DiskWriteError (one line: the folder, the free space) before anything runs
     (run_dir / "notebooks").mkdir(exist_ok=True)
     (run_dir / "reports").mkdir(exist_ok=True)
     resolved = run_dir / "config.yaml"
@@ -140,6 +146,10 @@ def _plan(config, overrides, out, only, hide_code, log) -> _Plan:
         log(f"--only {only}: using {resolved} (what this run ran with)"
             + (f" with {len(overrides)} override(s)" if overrides else ""))
     hide = cfg.report.hide_code if hide_code is None else hide_code
+    if any(n.startswith("02") for n in names):
+        problem = pretrained_problem(cfg.model)  # found now, not after 01 has run
+        if problem:
+            raise RunError(problem)
     return _Plan(cfg, config_path, resolved, names, run_dir, outputs_dir, hide)
 
 
@@ -155,9 +165,11 @@ def _start_provenance(plan: _Plan, overrides, only) -> dict:
 
 
 def _start_status(plan: _Plan, only, started: str) -> dict:
-    """run_status.json: every notebook pending (``--only``: the others keep their earlier status)."""
+    """run_status.json: every notebook pending. With ``--only`` the others keep their earlier status,
+    except that an "ok" notebook after one that runs now becomes "stale": its results came from the
+    model/data before that re-run (the index page shows them as such)."""
     old_status = index_pages.read_status(plan.run_dir) if only else {}
-    previous = {nb["name"]: nb for nb in old_status.get("notebooks", [])}
+    previous = {nb["name"]: _stale_if_after(nb, plan.names) for nb in old_status.get("notebooks", [])}
     names = plan.names
     listed = names if not only else sorted(set(names) | set(previous))
     return {
@@ -169,6 +181,14 @@ def _start_status(plan: _Plan, only, started: str) -> dict:
         "notebooks": [previous.get(n, {"name": n, "status": "not run"}) if n not in names
                       else {"name": n, "status": "pending"} for n in listed],
     }
+
+
+def _stale_if_after(nb: dict, names: list[str]) -> dict:
+    """``nb``'s earlier status entry; "ok" becomes "stale" when a notebook before it runs again."""
+    earlier = sorted(n for n in names if n < nb.get("name", ""))
+    if nb.get("status") != "ok" or not earlier:
+        return nb
+    return {**nb, "status": "stale", "stale_after": earlier[0]}
 
 
 def _execute(plan: _Plan, name: str, kernel: str, progress: bool, log) -> tuple[Optional[str], float, Path]:
@@ -205,7 +225,11 @@ def run(config: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), 
     """Execute the configured notebooks into a run dir; never raises for a notebook failure.
 
     The run holds the run dir's lock (``run.lock``) from before it writes ``config.yaml`` until
-    its last page is written; RunError (one line) when another live run holds it."""
+    its last page is written; RunError (one line) when another live run holds it or when
+    ``model.pretrained`` weights cannot be had (checked before 01); DiskWriteError (one line) when
+    the run dir cannot be written at all.
+    A full disk part-way is a failed run: each run file that could not be written is named, and
+    ``status_error`` says when even ``run_status.json`` could not be marked failed."""
     plan = _plan(config, overrides, out, only, hide_code, log)
     try:
         with run_dir_lock(plan.run_dir, log):
@@ -213,6 +237,24 @@ def run(config: str | os.PathLike, overrides: tuple[str, ...] | list[str] = (), 
             return _run_locked(plan, overrides, only, progress, log)
     except RunDirLocked as exc:
         raise RunError(str(exc)) from None
+
+
+class _Writes:
+    """The runner's own file writes (status, provenance, index pages) once notebooks run: a write
+    that fails for a full or read-only disk is logged once and remembered, never a traceback."""
+
+    def __init__(self, log):
+        self.log, self.problems = log, []
+
+    def __call__(self, fn, *args) -> bool:
+        try:
+            fn(*args)
+            return True
+        except DiskWriteError as exc:
+            if str(exc) not in self.problems:
+                self.problems.append(str(exc))
+                self.log(f"    {exc}")
+            return False
 
 
 def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
@@ -223,11 +265,12 @@ def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
     index_pages.save_status(run_dir, status)
     kernel = kernel_for_this_python()
     result = RunResult(run_dir=run_dir, ok=True)
+    keep = _Writes(log)
     by_name = {nb["name"]: nb for nb in status["notebooks"]}
     t_run = time.perf_counter()
     for i, name in enumerate(names, 1):
         by_name[name]["status"] = "running"
-        index_pages.save_status(run_dir, status)
+        keep(index_pages.save_status, run_dir, status)
         log(f"[{i}/{len(names)}] {name} ...")
         error, seconds, html_path = _execute(plan, name, kernel, progress, log)
         by_name[name].update(status="failed" if error else "ok", seconds=round(seconds, 2))
@@ -244,17 +287,24 @@ def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
                 by_name[later]["status"] = "not run"
         else:
             log(f"    ok in {seconds:.1f} s -> {html_path}")
+            if name.startswith("01"):
+                for line in leakage_warnings(run_dir):
+                    log(f"    {line}")
         prov["ended"] = provenance.now_iso()
         prov["wall_seconds"] = round(time.perf_counter() - t_run, 2)
-        provenance.save_provenance(run_dir, prov)
+        keep(provenance.save_provenance, run_dir, prov)
         if error:
             break
-        index_pages.save_status(run_dir, status)
-        _refresh_pages(run_dir, plan.outputs_dir)
+        keep(index_pages.save_status, run_dir, status)
+        keep(_refresh_pages, run_dir, plan.outputs_dir)
+    if result.ok and keep.problems:
+        result = RunResult(run_dir=run_dir, ok=False, failed_notebook="run files", error=keep.problems[0])
+        status["status"], status["failure"] = "failed", {"notebook": "run files", "error": keep.problems[0]}
     if result.ok:
         status["status"] = "ok" if all(nb["status"] == "ok" for nb in status["notebooks"]) else "partial"
         status.pop("failure", None)
     status["ended"] = provenance.now_iso()
-    index_pages.save_status(run_dir, status)
-    _refresh_pages(run_dir, plan.outputs_dir)
+    if not keep(index_pages.save_status, run_dir, status):
+        result.status_error = keep.problems[-1]
+    keep(_refresh_pages, run_dir, plan.outputs_dir)
     return result

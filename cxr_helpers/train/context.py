@@ -23,14 +23,17 @@ from cxr_helpers.data.cache import prepare
 from cxr_helpers.data.loader import default_num_workers, make_loader
 from cxr_helpers.data.types import PreparedData
 from cxr_helpers.model.backbones import (
+    ModelError,
     count_parameters,
     create_model,
     forward_flops,
     load_weights,
     model_norm,
+    pretrained_problem,
 )
 from cxr_helpers.model.checkpoint import load_checkpoint
 from cxr_helpers.model.inference import Preprocess
+from cxr_helpers.paths import check_writable
 from cxr_helpers.runtime import (
     apply_threads,
     resolve_channels_last,
@@ -141,7 +144,7 @@ def _start_runtime(cfg: Config, run_dir: Path) -> tuple[int, int, bool, torch.de
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     apply_threads(cfg.train.threads, device, world)
     if rank == 0:
-        (run_dir / "model").mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir / "model")  # a read-only or full run dir: one line now, not after an epoch
         clear_downstream(run_dir)
         resuming = cfg.train.resume and (run_dir / "model" / "last.pt").is_file()
         if not resuming and not cfg.model.checkpoint:
@@ -155,6 +158,9 @@ def setup_run(cfg: Config, run_dir: Path, prepared: Optional[PreparedData]) -> R
     Order matters for reproducibility: the model is created right after ``seed_everything``.
     """
     tc = cfg.train
+    problem = pretrained_problem(cfg.model)  # before the (possibly long) data preparation
+    if problem:
+        raise ModelError(problem)
     rank, world, distributed, device = _start_runtime(cfg, run_dir)
     if prepared is None:
         prepared = prepare(cfg)

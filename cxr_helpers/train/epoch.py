@@ -22,7 +22,6 @@ from torch import nn
 from cxr_helpers.data.augment import BatchAugment
 from cxr_helpers.data.loader import set_loader_epoch
 from cxr_helpers.metrics import auroc, macro_mean
-from cxr_helpers.model.backbones import set_backbone_trainable
 from cxr_helpers.model.inference import loader_logits, probs_from_logits
 from cxr_helpers.runtime import autocast
 from cxr_helpers.train.context import RunContext, TrainingError
@@ -70,15 +69,15 @@ def train_one_epoch(
     """Train ``epoch`` (0-based) through ``fwd`` (the model, DDP-wrapped and/or compiled).
 
     Seeds, shuffle order and augmentation are functions of (seed, epoch), so a resumed run
-    repeats the epochs it missed exactly. The backbone is frozen for the first
-    ``train.freeze_epochs`` epochs; after them the rate is scaled by ``finetune_lr_factor``.
+    repeats the epochs it missed exactly. The caller freezes the backbone for the first
+    ``train.freeze_epochs`` epochs (before building ``fwd``: DDP must see the change); after them
+    the rate is scaled by ``finetune_lr_factor``.
     """
     cfg, tc, device, loader = ctx.cfg, ctx.cfg.train, ctx.device, ctx.train_loader
     torch.manual_seed(cfg.seed * 7919 + epoch)
     set_loader_epoch(loader, cfg.seed, epoch)
     augment.set_epoch(epoch)
     frozen = epoch < tc.freeze_epochs
-    set_backbone_trainable(ctx.model, not frozen)
     phase = tc.finetune_lr_factor if (tc.freeze_epochs and not frozen) else 1.0
     fwd.train()
     t0 = time.perf_counter()

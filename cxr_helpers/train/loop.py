@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -30,9 +31,10 @@ from torch import nn
 from cxr_helpers.config import Config, load_config, save_config
 from cxr_helpers.data.augment import BatchAugment
 from cxr_helpers.data.types import PreparedData
+from cxr_helpers.model.backbones import set_backbone_trainable
 from cxr_helpers.model.checkpoint import load_checkpoint, save_checkpoint
 from cxr_helpers.model.inference import loader_logits, probs_from_logits
-from cxr_helpers.paths import resolve_path
+from cxr_helpers.paths import check_writable, resolve_path
 from cxr_helpers.train.context import RunContext, TrainingError, setup_run
 from cxr_helpers.train.distributed import barrier
 from cxr_helpers.train.epoch import monitor_value, train_one_epoch, validate
@@ -124,17 +126,32 @@ def _forward_module(ctx: RunContext) -> nn.Module:
     return fwd
 
 
+def _phase_module(ctx: RunContext, epoch: int, current: Optional[tuple[bool, nn.Module]]) -> tuple[bool, nn.Module]:
+    """(frozen, forward module) for ``epoch``: the backbone frozen for the first ``train.freeze_epochs``.
+
+    DDP registers the parameters that require gradients when it is built and then waits for each
+    one's gradient every step, so freezing or unfreezing under an existing wrapper stops the run
+    ("Expected to have finished reduction..."). The wrapper is therefore rebuilt (after the change)
+    whenever the phase changes; without DDP that rebuild is free."""
+    frozen = epoch < ctx.cfg.train.freeze_epochs
+    if current is not None and current[0] == frozen:
+        return current
+    set_backbone_trainable(ctx.model, not frozen)
+    return frozen, _forward_module(ctx)
+
+
 def fit(ctx: RunContext, loggers: Loggers, progress: bool = True) -> Progress:
     """The epoch loop: (resume,) train one epoch, validate, keep best/last, stop early on patience."""
     tc = ctx.cfg.train
     opt = build_optimisation(ctx.model, tc, ctx.amp, len(ctx.train_loader))
     last_path = ctx.run_dir / "model" / "last.pt"
     done = resume(last_path, ctx, opt) if tc.resume and last_path.is_file() else Progress()
-    fwd = _forward_module(ctx)
+    phase: Optional[tuple[bool, nn.Module]] = None
     augment = BatchAugment(tc.augment, ctx.cfg.seed, ctx.device)
     bar = _epoch_bar(progress and ctx.is_main, tc.epochs, done.start_epoch)
     for epoch in range(done.start_epoch, tc.epochs):
-        stats = train_one_epoch(ctx, fwd, opt, augment, epoch, last_path)
+        phase = _phase_module(ctx, epoch, phase)
+        stats = train_one_epoch(ctx, phase[1], opt, augment, epoch, last_path)
         done.images_per_s.append(stats.images_per_s)
         eval_model = opt.ema.model_copy(ctx.model) if opt.ema is not None else ctx.model
         row = validate(ctx, eval_model, epoch + 1, stats)
@@ -179,15 +196,24 @@ def write_final_predictions(ctx: RunContext) -> None:
 
 
 def train_from_config(
-    config_path: str | Path, run_dir: Optional[str | Path] = None, overrides: Sequence[str] = ()
+    config_path: str | Path,
+    run_dir: Optional[str | Path] = None,
+    overrides: Sequence[str] = (),
+    lock: Optional[Callable[[Path], AbstractContextManager]] = None,
 ) -> TrainResult:
     """What ``cxr train CONFIG [--out DIR] [--set k=v]`` runs (also under torchrun).
 
-    ``run_dir`` defaults to ``outputs/<config name>``; the resolved config is written there.
+    ``run_dir`` defaults to ``outputs/<config name>``; the resolved config is written there. Rank 0
+    first checks that the run dir can be written (one line naming it and the free space) and, with
+    ``lock`` (``cxr train`` passes the run dir lock ``cxr run`` takes), holds it from before it writes
+    ``config.yaml`` until training ends.
     """
     cfg = load_config(resolve_path(config_path), list(overrides))
     out = resolve_path(run_dir) if run_dir else resolve_path(f"outputs/{cfg.name}")
-    if int(os.environ.get("RANK", "0")) == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    return train(cfg, out, prepared=None, progress=True)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        check_writable(out)
+    with lock(out) if main and lock is not None else nullcontext():
+        if main:
+            save_config(cfg, out / "config.yaml")
+        return train(cfg, out, prepared=None, progress=True)

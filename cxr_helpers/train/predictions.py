@@ -1,8 +1,11 @@
 """``predictions/{val,test}.csv``: the one writer and the one reader.
 
-02_train writes one file per split from the best checkpoint; 03 (and anything else that needs
-a run's predictions) reads them back with ``read_predictions``. Schema, one row per image, in
-the order the split's loader produced them:
+02_train writes one file per split from the best checkpoint (raw probabilities in ``p_``);
+03 (and anything else that needs a run's predictions) reads them back with ``read_predictions``.
+Once 03 has fitted calibration on validation it rewrites both files with
+``rewrite_probabilities``: ``p_<class>`` then holds the probabilities decisions use (calibrated
+where the run calibrates) and ``praw_<class>`` the raw ones, so ``thresholds.json`` applies to
+``p_`` as written. Schema, one row per image, in the order the split's loader produced them:
 
 | column | meaning |
 | --- | --- |
@@ -13,12 +16,15 @@ the order the split's loader produced them:
   ``multiclass``, sigmoid per class for ``multilabel``) |
 | ``praw_<class>`` | optional: raw probabilities where ``p_`` holds calibrated ones (DESIGN.md); the
   reader prefers them, because 03 fits its own calibration on validation. Training writes none. |
+
+Which column each consumer reads: ``read_predictions`` gives the raw probabilities (``praw_`` when
+present), which 03 (fitting, AUROC/AP, subgroups, robustness), 04 (then ``decision_probs``) and
+the golden tests use; a reviewer re-deriving 03's decisions uses ``p_`` with ``thresholds.json``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.data.types import PreparedData
+from cxr_helpers.paths import write_text
 
 
 class PredictionsError(ValueError):
@@ -61,9 +68,7 @@ def write_predictions(
         df[f"p_{c}"] = probs[:, k].astype(float)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_text(path, df.to_csv(index=False))
     return path
 
 
@@ -92,3 +97,28 @@ def read_predictions(path: str | Path, classes: Sequence[str]) -> Predictions:
         P=P,
         classes=list(classes),
     )
+
+
+def rewrite_probabilities(
+    path: str | Path, classes: Sequence[str], calibrate: Callable[[np.ndarray], np.ndarray] | None
+) -> Path:
+    """Rewrite ``path`` so ``p_<class>`` holds ``calibrate(raw)`` and ``praw_<class>`` the raw
+    probabilities (N, C); with ``calibrate=None``, ``p_`` goes back to raw and ``praw_`` is dropped.
+
+    Always starts from the raw columns (``praw_`` when present), so running 03 twice calibrates
+    once; atomic (temp file, then replace). PredictionsError (one line) as ``read_predictions``.
+    """
+    path = Path(path)
+    pred = read_predictions(path, classes)
+    df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
+    df = df.drop(columns=[c for c in df if c.startswith("praw_")])
+    probs = pred.P if calibrate is None else np.asarray(calibrate(pred.P), dtype=np.float64)
+    if probs.shape != pred.P.shape or not np.isfinite(probs).all():
+        raise PredictionsError(f"{path}: calibrated probabilities are not finite (N, C); re-run 03_error_analysis")
+    for k, c in enumerate(classes):
+        df[f"p_{c}"] = probs[:, k]
+    if calibrate is not None:
+        for k, c in enumerate(classes):
+            df[f"praw_{c}"] = pred.P[:, k]
+    write_text(path, df.to_csv(index=False))
+    return path

@@ -5,13 +5,13 @@ stopped_early, seconds, images_per_s, epoch_seconds, best_val_macro_auroc,
 best_val_per_class_auroc, loss, loss_reason, loss_weights, class_balance, device, world_size,
 distributed, backend, amp`` (the autocast dtype: ``off``/``bfloat16``/``float16``)``,
 channels_last, compile, num_workers, threads, arch, in_chans, image_size, params,
-forward_gflops, n_train, n_val, n_test, classes, task, synthetic, checkpoint, evaluated_only``.
+forward_gflops, n_train, n_val, n_test, classes, task, synthetic, cache_dir`` (the prepared cache
+folder, None for in-memory data; ``cxr cache`` keeps what runs use)``, checkpoint, evaluated_only``.
 Non-finite numbers are written as null.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxr_helpers.paths import read_json, write_json
+from cxr_helpers.paths import read_json, write_json, write_text
 from cxr_helpers.runtime import amp_name
 from cxr_helpers.train.context import RunContext
 from cxr_helpers.train.distributed import backend
@@ -29,10 +29,8 @@ SUMMARY_FILE = "train_summary.json"
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """``history.csv``, replaced atomically."""
-    tmp = run_dir / ".history.csv.tmp"
-    pd.DataFrame(history).to_csv(tmp, index=False)
-    os.replace(tmp, run_dir / "history.csv")
+    """``history.csv``, replaced atomically (``paths.write_text``: DiskWriteError on a full disk)."""
+    write_text(Path(run_dir) / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
 
 def _balance_table(ctx: RunContext) -> Optional[dict[str, dict[str, Any]]]:
@@ -88,6 +86,7 @@ def train_summary(ctx: RunContext, progress: Progress, seconds: float) -> dict[s
             "classes": ctx.classes,
             "task": ctx.task,
             "synthetic": bool(ctx.prepared.synthetic),
+            "cache_dir": ctx.prepared.cache_dir,
             "checkpoint": str(ctx.run_dir / "model" / "best.pt"),
             "evaluated_only": ctx.eval_only,
         }

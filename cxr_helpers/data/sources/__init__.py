@@ -329,7 +329,7 @@ def load_source(cfg: Config) -> SourceData:
         sd.duplicates = sd.duplicates.assign(split=sd.duplicates["image_id"].astype(str).map(split_of))
     sd = _cap(sd, cfg)
     _check_class_coverage(sd, cfg)
-    leak = check_leakage(sd.manifest, sd.duplicates)
+    leak = check_leakage(sd.manifest, sd.duplicates, patient_id_note=sd.patient_id_note)
     if not leak["ok"] and generated:
         raise LeakageError(
             f"generated splits leak ({leakage_summary(leak)}); this is a bug, please report it"

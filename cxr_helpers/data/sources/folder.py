@@ -8,13 +8,15 @@ and orders them); the task is multiclass.
 
 ``data.patient_id_pattern``: one regex searched in each file name; the patient id is the
 first non-empty group (or the whole match when the pattern has no group). Files it does not
-match become their own patient (patient id = image id, counted in the notes). Without a
-pattern every image is its own patient, and patient-level leakage cannot be checked. Working patterns:
+match become their own patient (patient id = image id, counted in the notes and in
+``SourceData.patient_id_note``); the leakage check then says "partly checked", or "cannot be
+checked" when no name matches or there is no pattern. Working patterns:
 - Kermany (``person1004_virus_1686``, ``IM-0137-0001``, ``NORMAL2-IM-0246-0001-0002``):
   ``^(person\\d+|(?:NORMAL2-)?IM-\\d+)`` (``NORMAL2-IM-0246`` and ``IM-0246`` stay distinct).
 - NIH ChestX-ray14 names (``00000013_005.png``): ``^(\\d+)_\\d+``.
 
-Exact duplicates are found by hashing file bytes (MD5) and reported in ``duplicates``; a
+Exact duplicate files are found by hashing file bytes (MD5) and reported in ``duplicates`` (the
+prepared cache also compares pixels, see ``data.duplicates``); a
 zero-byte file is listed in ``skipped`` at once, other unreadable files when the cache is
 built (the cache lists them in ``skipped``).
 """
@@ -136,12 +138,9 @@ def load(cfg: Config) -> SourceData:
     rel = df["path"].map(lambda p: os.path.relpath(p, root)).str.replace(os.sep, "/")
     names = df["path"].map(os.path.basename)
     pids, unmatched = patient_ids(names, cfg.data.patient_id_pattern, cfg, fallback=rel)
-    if not cfg.data.patient_id_pattern:
-        notes.append(
-            "no data.patient_id_pattern: each image is its own patient, so patient-level leakage cannot be checked"
-        )
-    elif unmatched:
-        notes.append(f"{unmatched} file names do not match data.patient_id_pattern; each is its own patient")
+    id_note = _patient_id_note(cfg.data.patient_id_pattern, unmatched, len(names))
+    if id_note:
+        notes.append(f"{id_note}: each such image is its own patient")
     m = pd.DataFrame(
         {"image_id": rel, "patient_id": pids.astype(str), "split": df["split"], "source": "folder"}
     )
@@ -159,5 +158,21 @@ def load(cfg: Config) -> SourceData:
         "folder|" + hashlib.sha1("|".join(f"{r}:{h}" for r, h in zip(rel, hashes)).encode()).hexdigest()[:16]
     )
     return SourceData(
-        manifest=m, classes=classes, task="multiclass", skipped=skipped, notes=notes, key=key, duplicates=dups
+        manifest=m,
+        classes=classes,
+        task="multiclass",
+        skipped=skipped,
+        notes=notes,
+        key=key,
+        duplicates=dups,
+        patient_id_note=id_note,
     )
+
+
+def _patient_id_note(pattern: str | None, unmatched: int, n: int) -> str:
+    """Why images lack a patient id, with counts; "" when every file name gave one."""
+    if not pattern:
+        return f"no data.patient_id_pattern is set, so none of the {n:,} file names gives a patient id"
+    if unmatched:
+        return f"{unmatched:,} of {n:,} file names do not match data.patient_id_pattern '{pattern}'"
+    return ""

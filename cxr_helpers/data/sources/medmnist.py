@@ -2,15 +2,19 @@
 
 ``data.root`` is the ``.npz`` itself or a folder holding ``<flag>.npz`` / ``<flag>_<size>.npz``
 (the file names ``medmnist`` downloads); ``data.medmnist_flag`` picks the dataset in a folder
-and otherwise comes from the file name. Task and label names come from the INFO table below
-(as in ``medmnist.INFO``). Images are kept in memory; RGB sets become grey (ITU-R 601).
+and otherwise comes from the file name. Task and label names come from the ``medmnist`` package's
+own ``INFO`` where it is installed (``pip install "cxr[medmnist]"``), else from the copy below
+(tests/test_sources.py holds the two equal). ChestMNIST keeps the NIH names (``Pleural_Thickening``,
+not ``pleural``) so its classes match the nih_cxr14 source's. Images are kept in memory; RGB sets become grey (ITU-R 601).
 MedMNIST has no patient ids, so each image is its own patient and patient-level leakage
 cannot be checked (noted in the report).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -42,7 +46,7 @@ INFO: dict[str, dict] = {
     "retinamnist": {"task": "multiclass", "labels": ["0", "1", "2", "3", "4"], "note": "ordinal grades treated as classes"},
     "breastmnist": {"task": "multiclass", "labels": ["malignant", "normal, benign"]},
     "bloodmnist": {"task": "multiclass", "labels": [
-        "basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil",
+        "basophil", "eosinophil", "erythroblast", "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte", "neutrophil",
         "platelet"]},
     "tissuemnist": {"task": "multiclass", "labels": [
         "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
@@ -52,6 +56,45 @@ INFO: dict[str, dict] = {
     "organcmnist": {"task": "multiclass", "labels": _ORGAN},
     "organsmnist": {"task": "multiclass", "labels": _ORGAN},
 }  # fmt: skip
+OUR_NAMES = {"chestmnist": NIH_NAMES}  # same order as medmnist's labels, the nih_cxr14 spelling
+
+
+def package_info() -> dict[str, dict]:
+    """The installed ``medmnist`` package's ``INFO`` (2D sets only), or {} when it is not installed.
+
+    Its ``info.py`` is read on its own: importing the package imports torch and prints a notice
+    when its optional dependencies are missing.
+    """
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(next(iter(spec.submodule_search_locations))) / "info.py"
+    mod_spec = importlib.util.spec_from_file_location("_cxr_medmnist_info", path)
+    if mod_spec is None or mod_spec.loader is None or not path.is_file():
+        return {}
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - an unexpected package layout: fall back to our copy
+        return {}
+    return {k: v for k, v in getattr(module, "INFO", {}).items() if not k.endswith("3d")}
+
+
+def from_package(flag: str, entry: dict) -> dict:
+    """One medmnist INFO entry as ``{"task", "labels"}`` (labels in index order; multiclass unless
+    the package says multi-label; ChestMNIST under its NIH names)."""
+    labels = [entry["label"][k] for k in sorted(entry["label"], key=int)]
+    task = "multilabel" if "multi-label" in entry["task"] else "multiclass"
+    out = {"task": task, "labels": OUR_NAMES.get(flag, labels)}
+    if entry["task"] == "ordinal-regression":
+        out["note"] = "ordinal grades treated as classes"
+    return out
+
+
+@lru_cache(maxsize=1)
+def known_sets() -> dict[str, dict]:
+    """Every MedMNIST 2D set: the package's INFO where installed, our copy for the rest."""
+    return {**INFO, **{f: from_package(f, e) for f, e in package_info().items()}}
 
 
 def download_hint(flag: str) -> str:
@@ -68,16 +111,16 @@ def download_hint(flag: str) -> str:
 def flag_from_name(name: str) -> Optional[str]:
     """``pneumoniamnist_64_reconstructed.npz`` -> ``pneumoniamnist`` (longest known flag prefix)."""
     stem = name.lower().removesuffix(".npz")
-    hits = [f for f in INFO if stem == f or stem.startswith(f + "_")]
+    hits = [f for f in known_sets() if stem == f or stem.startswith(f + "_")]
     return max(hits, key=len) if hits else None
 
 
 def find_npz(cfg: Config) -> tuple[Path, str]:
     """The npz file and its flag from data.root / data.medmnist_flag (one-line errors when absent)."""
     flag = cfg.data.medmnist_flag.lower() if cfg.data.medmnist_flag else None
-    if flag is not None and flag not in INFO:
+    if flag is not None and flag not in known_sets():
         raise SourceError(
-            f"data.medmnist_flag: '{flag}' unknown ({config_label(cfg)}); known: {', '.join(INFO)}"
+            f"data.medmnist_flag: '{flag}' unknown ({config_label(cfg)}); known: {', '.join(known_sets())}"
         )
     if not cfg.data.root:
         raise SourceError(
@@ -92,7 +135,7 @@ def find_npz(cfg: Config) -> tuple[Path, str]:
         found = flag or flag_from_name(root.name)
         if found is None:
             raise SourceError(
-                f"{root}: cannot tell the MedMNIST dataset from the file name; set data.medmnist_flag (one of {', '.join(INFO)})"
+                f"{root}: cannot tell the MedMNIST dataset from the file name; set data.medmnist_flag (one of {', '.join(known_sets())})"
             )
         return root, found
     cands = sorted(root.glob("*.npz"))
@@ -123,7 +166,7 @@ def find_npz(cfg: Config) -> tuple[Path, str]:
 def load(cfg: Config) -> SourceData:
     """MedMNIST npz -> SourceData (images in memory, official split)."""
     path, flag = find_npz(cfg)
-    info = INFO[flag]
+    info = known_sets()[flag]
     classes = list(info["labels"])
     try:
         z = np.load(path)
@@ -169,4 +212,5 @@ def load(cfg: Config) -> SourceData:
         images=x,
         notes=notes,
         key=f"medmnist|{flag}|{file_key(path)}",
+        patient_id_note=f"MedMNIST has no patient ids ({len(m):,} images)",
     )

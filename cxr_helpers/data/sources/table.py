@@ -3,11 +3,15 @@
 ``data.csv.file`` (relative to ``data.root`` when that is a folder; or ``data.root`` is the
 CSV itself) has one row per image. ``path_column`` holds the image path, relative to
 ``data.csv.image_root`` (relative to data.root) or else to the CSV's folder. Labels come either
-from ``label_columns`` (multi-hot 0/1 columns: multilabel) or from ``label_column`` (names
+from ``label_columns`` (multi-hot columns: multilabel) or from ``label_column`` (names
 joined by ``label_separator``: multiclass when every row has exactly one name, else
-multilabel; "No Finding" and empty mean no positive). Optional patient/split/age/sex/view
-columns; without a patient column every image is its own patient. Rows whose file is absent
-are counted as missing.
+multilabel; "No Finding" and empty mean no positive). A ``label_columns`` cell must read 0/1
+(``1.0``, true/false too) or be mapped by ``data.csv.label_map`` (e.g. CheXpert's ``-1`` and
+blanks); anything else fails in one line naming the column, the values and their CSV lines,
+because a silent guess (``yes`` -> 0, ``2`` -> 1) trains on wrong labels. Optional
+patient/split/age/sex/view columns; without a patient column every image is its own patient.
+Rows whose file is absent are counted as missing and named (first few) in a note. With
+``lateral`` in ``data.image_checks``, rows whose view column says lateral are listed as skipped.
 """
 
 from __future__ import annotations
@@ -19,12 +23,73 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.config import Config
+from cxr_helpers.data.imageio import is_lateral
 from cxr_helpers.data.sources import SourceError, config_label, data_root, file_key, multi_hot
 from cxr_helpers.data.types import SourceData
 
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}  # fmt: skip
 NO_FINDING = {"", "no finding", "no_finding", "none", "normal_none"}
+LABEL_WORDS = {"true": 1, "false": 0}
+SHOW = 3  # CSV lines named per problem in a message
+
+
+def _lines(rows: np.ndarray) -> str:
+    """``lines 3, 7, 9 (+12 more)`` for 0-based data rows (line 1 is the header)."""
+    shown = ", ".join(str(int(r) + 2) for r in rows[:SHOW])
+    more = f" (+{len(rows) - SHOW} more)" if len(rows) > SHOW else ""
+    return f"line{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def _cell_value(text: str, label_map: dict[str, int]) -> float:
+    """0/1 for one label cell: ``label_map`` first (exact, else numerically equal), then 0/1
+    numbers and true/false; NaN for anything else."""
+    if text in label_map:
+        return float(label_map[text])
+    try:
+        number = float(text)
+    except ValueError:
+        return float(LABEL_WORDS.get(text.lower(), np.nan))
+    for key, target in label_map.items():
+        try:
+            if float(key) == number:
+                return float(target)
+        except ValueError:
+            continue
+    return number if number in (0.0, 1.0) else np.nan
+
+
+def parse_labels(
+    df: pd.DataFrame, columns: list[str], label_map: dict[str, int], where: str, config: str
+) -> np.ndarray:
+    """uint8 (N, C) 0/1 labels of ``columns``; SourceError (one line) naming the first column with
+    other values, those values with counts and CSV lines, and ``data.csv.label_map`` (in
+    ``config``) as the fix."""
+    out = np.zeros((len(df), len(columns)), dtype=np.uint8)
+    bad_cols = []
+    first = ""
+    for k, col in enumerate(columns):
+        text = df[col].astype(str).str.strip()
+        codes, uniq = pd.factorize(text)
+        values = np.array([_cell_value(u, label_map) for u in uniq], dtype=float)
+        y = values[codes] if len(uniq) else np.zeros(0)
+        bad = np.isnan(y)
+        if not bad.any():
+            out[:, k] = y.astype(np.uint8)
+            continue
+        bad_cols.append(col)
+        if not first:
+            parts = []
+            for u in [u for u, v in zip(uniq, values) if np.isnan(v)][:4]:
+                rows = np.flatnonzero(text.to_numpy() == u)
+                parts.append(f"{u!r} x{len(rows)} ({_lines(rows)})")
+            first = f"column '{col}' has values other than 0/1: {', '.join(parts)}"
+    if bad_cols:
+        also = f"; also in {', '.join(bad_cols[1:])}" if len(bad_cols) > 1 else ""
+        raise SourceError(
+            f'{where}: {first}{also}; map each to 0 or 1 with data.csv.label_map in {config}, e.g. {{"-1": 1, "": 0}}'
+        )
+    return out
 
 
 def _csv_path(cfg: Config) -> Path:
@@ -53,6 +118,24 @@ def _need(df: pd.DataFrame, col: str, key: str, path: Path) -> None:
         raise SourceError(
             f"{path}: {key} column '{col}' not found; the CSV has columns: {', '.join(map(str, df.columns))}"
         )
+
+
+def _absent_note(rel: pd.Series, exists: np.ndarray, base: Path) -> str:
+    """The note naming the first rows whose file is absent (path as written, CSV line) and the count."""
+    absent = np.flatnonzero(~exists)
+    named = ", ".join(f"{r!r}" for r in rel.to_numpy()[absent[:SHOW]])
+    return f"{len(absent)} rows name a file that is absent under {base}; left out: {named} ({_lines(absent)})"
+
+
+def _skip_lateral(m: pd.DataFrame, views: pd.Series, column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(manifest without lateral-view rows, those rows as ``path, reason``)."""
+    lateral = views.map(is_lateral).to_numpy(dtype=bool)
+    reason = (
+        f"lateral view ({column} = " + views[lateral].astype(str) + "); left out of training "
+        "(data.image_checks: remove lateral to keep such images)"
+    )
+    skipped = pd.DataFrame({"path": m.loc[lateral, "path"].to_numpy(), "reason": reason.to_numpy()})
+    return m.loc[~lateral].reset_index(drop=True), skipped
 
 
 def load(cfg: Config) -> SourceData:
@@ -89,7 +172,13 @@ def load(cfg: Config) -> SourceData:
             f"{path}: none of the {len(df)} files in column '{c.path_column}' exist under {base}; set data.csv.image_root"
         )
     if missing:
-        notes.append(f"{missing} rows name a file that is absent; left out")
+        notes.append(_absent_note(rel, exists, base))
+    if c.label_columns:
+        y_all = parse_labels(df, list(c.label_columns), c.label_map, str(path), config_label(cfg))
+    elif c.label_map:
+        raise SourceError(
+            f"data.csv.label_map applies to data.csv.label_columns (0/1 columns), not label_column ({config_label(cfg)}); remove it"
+        )
     df, rel, full = (
         df.loc[exists].reset_index(drop=True),
         rel[exists].reset_index(drop=True),
@@ -98,7 +187,7 @@ def load(cfg: Config) -> SourceData:
 
     if c.label_columns:
         classes = list(c.label_columns)
-        y = df[classes].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy() > 0
+        y = y_all[exists] > 0
         task = "multilabel"
     else:
         tokens = df[c.label_column].str.split(c.label_separator).explode().str.strip()
@@ -131,6 +220,11 @@ def load(cfg: Config) -> SourceData:
             )
     m = pd.concat([m, pd.DataFrame(y.astype(np.uint8), columns=classes)], axis=1)
     m["path"] = full
+    skipped = pd.DataFrame(columns=["path", "reason"])
+    if c.view_column and "lateral" in cfg.data.image_checks:
+        m, skipped = _skip_lateral(m, df[c.view_column], c.view_column)
+        if len(skipped):
+            notes.append(f"{len(skipped)} lateral views left out (data.csv.view_column '{c.view_column}')")
     cols = ["image_id", "patient_id", "split", "source", *classes] + [
         k for k in ("age", "sex", "view", "path") if k in m
     ]
@@ -139,6 +233,10 @@ def load(cfg: Config) -> SourceData:
         classes=classes,
         task=task,
         missing=missing,
+        skipped=skipped,
         notes=notes,
         key=f"csv|{file_key(path)}",
+        patient_id_note=""
+        if c.patient_column
+        else f"no data.csv.patient_column: none of the {len(m):,} rows gives a patient id",
     )
