@@ -103,3 +103,22 @@ def test_cli_cache_and_extra_run_dirs(world, capsys):
     assert not c["recent"].exists() and c["referenced"].exists()  # --days 0: recent but unreferenced goes
     out = capsys.readouterr().out
     assert "removed" in out
+
+
+def test_prune_says_so_when_a_cache_cannot_be_removed(world, monkeypatch):
+    """Before, removal errors were ignored: "removed ..." and the space counted as freed."""
+    import shutil
+
+    from cxr_helpers.data import cache_admin
+
+    tmp_path, root, c = world
+
+    def read_only(path, *a, **k):
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    monkeypatch.setattr(cache_admin.shutil, "rmtree", read_only)
+    lines = []
+    assert cache_command(None, prune=True, yes=True, out=lines.append) == 0
+    assert any(line.startswith(f"could not remove {c['unused']}: Read-only file system") for line in lines), lines
+    assert c["unused"].exists() and lines[-1] == "freed 0 B"
+    monkeypatch.setattr(cache_admin.shutil, "rmtree", shutil.rmtree)

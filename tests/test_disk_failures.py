@@ -148,3 +148,62 @@ def test_disk_filled_by_another_writer_is_reported_with_free_space(tmp_path):
         with pytest.raises(DiskWriteError) as info:
             check_writable(mnt / "run")
         assert "the disk is full" in str(info.value) and "0 B free on" in str(info.value)
+
+
+def test_cache_build_on_a_full_disk_is_one_line_and_leaves_no_tmp_folder(tmp_path):
+    """A sparse memmap written on a full disk used to kill the process with SIGBUS ("Bus error",
+    exit 135) and leave ``.tmp-*/images.npy``: the space is now reserved first, so it fails in one
+    line naming the cache folder and the free space. Run in a child process so a regression is a
+    failed test, not a dead test runner."""
+    import subprocess
+    import textwrap
+
+    from PIL import Image
+
+    src = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        for i in range(21):
+            Image.fromarray(np.full((300, 300), 40 * (i % 5), np.uint8)).save(src / cls / f"{cls}{i}.png")
+    with tmpfs(tmp_path / "mnt", size="1m") as mnt:
+        script = textwrap.dedent(f"""
+            from cxr_helpers.config import Config, DataConfig
+            from cxr_helpers.data.cache import prepare
+            from cxr_helpers.paths import DiskWriteError
+            cfg = Config()
+            cfg.data = DataConfig(source="folder", root={str(src)!r}, split="random", image_size=256,
+                                  cache_dir={str(mnt / "cache")!r}, num_workers=1)
+            try:
+                prepare(cfg, progress=False)
+            except DiskWriteError as exc:
+                print("ONE LINE:", exc)
+        """)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-300:]}"
+        line = proc.stdout.strip()
+        assert line.startswith("ONE LINE: cannot write") and "disk is full" in line and "free on" in line
+        assert "\n" not in line and "data.cache_dir" in line
+        assert not [p for p in (mnt / "cache").glob(".tmp-*")]
+
+
+def test_predict_leaves_no_half_result_when_only_the_summary_fails(tmp_path, fake_predict, monkeypatch):
+    """The CSV fitted, the JSON did not: the CSV used to stay at the target (the error said "saved
+    to /tmp instead", and the next run refused because it "already exists")."""
+    import errno
+
+    run, _ = fake_predict()
+    target = tmp_path / "out"
+    real = findings.write_json
+
+    def json_fails_in_target(path, obj):
+        if Path(path).parent == target:
+            raise findings.DiskWriteError(errno.ENOSPC, f"cannot write {path}: the disk is full")
+        return real(path, obj)
+
+    monkeypatch.setattr(findings, "write_json", json_fails_in_target)
+    with pytest.raises(DiskWriteError) as info:
+        findings.predict_cli(run, ["x.png"], out_dir=target)
+    assert not (target / "predictions_new.csv").exists() and "saved to" in str(info.value)
+    monkeypatch.setattr(findings, "write_json", real)
+    findings.predict_cli(run, ["x.png"], out_dir=target)  # nothing half-written blocks the retry
+    assert len(pd.read_csv(target / "predictions_new.csv")) == 3

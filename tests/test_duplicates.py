@@ -124,6 +124,10 @@ def test_same_image_resaved_into_test_is_found_by_pixels(tmp_path):
         table["status"].startswith("WARNING")
         and table["groups of identical prepared pixels across splits"] == "1"
     )
+    run_dir = tmp_path / "run"
+    eda.save_eda_summary(run_dir, data)
+    row = dict(eda.leakage_index_rows(eda.read_eda_summary(run_dir)))["Duplicates across splits"]
+    assert row.startswith("1 identical-pixel groups") and "e.g. " in row and "p900_0.png (test)" in row
     pairs = eda.duplicate_examples(data)
     first = pairs.iloc[0]
     assert (first["kind"], first["image_a"], first["split_a"]) == (

@@ -153,3 +153,41 @@ def test_auto_loss_choice_and_reason():
         build_loss(TrainConfig(loss="focal"), "multiclass", np.eye(2))
     with pytest.raises(LossError, match="unknown loss"):
         build_loss(TrainConfig(loss="hinge"), "multilabel", y_ml)
+
+
+def test_pretrained_check_goes_through_the_https_proxy(monkeypatch):
+    """Behind a proxy the hub host is not reachable directly, yet downloads work: the check must
+    probe the proxy (as huggingface_hub connects), not refuse the run."""
+    import socket
+
+    import cxr_helpers.model.backbones as backbones
+
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "NO_PROXY", "no_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(backbones, "_hub_cached", lambda repo: False)
+    monkeypatch.setattr(backbones, "_url_cached", lambda url: False)
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(1)
+    port = proxy.getsockname()[1]
+    tried = []
+    real = socket.create_connection
+
+    def only_the_proxy(addr, timeout=None):
+        tried.append(addr)
+        if addr[0] != "127.0.0.1":
+            raise OSError("Network is unreachable")
+        return real(addr, timeout=timeout)
+
+    monkeypatch.setattr(backbones.socket, "create_connection", only_the_proxy)
+    cfg = ModelConfig(arch="resnet18", pretrained=True)
+    try:
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        assert backbones.pretrained_problem(cfg, timeout=1) is None and tried[-1] == ("127.0.0.1", port)
+        proxy.close()
+        msg = backbones.pretrained_problem(cfg, timeout=1)
+        assert msg is not None and "via proxy 127.0.0.1" in msg and "\n" not in msg
+        monkeypatch.delenv("https_proxy")
+        assert "huggingface.co cannot be reached" in backbones.pretrained_problem(cfg, timeout=1)
+    finally:
+        proxy.close()

@@ -317,3 +317,28 @@ def test_cxr_train_takes_the_run_dir_lock(project, capsys, monkeypatch):
     monkeypatch.setattr(loop, "train", lambda cfg, out, **kw: seen.append((out / LOCK_FILE).is_file()))
     assert main(["train", "configs/t.yaml"]) == 0
     assert seen == [True] and not (run_dir / LOCK_FILE).exists()  # held while training, released after
+
+
+def test_a_report_that_cannot_be_written_fails_the_run_and_leaves_no_older_report(project, monkeypatch):
+    """Before, a full disk while rendering 02's HTML was only logged: the run ended "ok" and the index
+    linked the previous run's report."""
+    import errno
+
+    from cxr_helpers.paths import DiskWriteError
+
+    real = runner.notebook_to_html
+
+    def full_disk_for_02(src, html, **kw):
+        if "02_second" in str(html):
+            raise DiskWriteError(errno.ENOSPC, f"cannot write {html}: the disk is full (0 B free on /x)")
+        return real(src, html, **kw)
+
+    assert runner.run("configs/t.yaml", progress=False, log=lambda *_: None).ok
+    old = project / "outputs" / "t" / "reports" / "02_second.html"
+    assert old.is_file()
+    monkeypatch.setattr(runner, "notebook_to_html", full_disk_for_02)
+    result = runner.run("configs/t.yaml", progress=False, log=lambda *_: None)
+    assert not result.ok and result.failed_notebook == "02_second" and "disk is full" in result.error
+    assert not old.exists()
+    status = json.loads((project / "outputs" / "t" / "run_status.json").read_text())
+    assert status["status"] == "failed"

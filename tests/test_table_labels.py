@@ -47,6 +47,7 @@ def test_values_other_than_0_1_fail_naming_column_values_and_lines(tmp_path):
     assert "column 'Edema'" in msg and "t.csv" in msg
     assert "'yes' x1 (line 4)" in msg and "'-1' x4 (lines 5, 9, 11 (+1 more))" in msg and "'' x1" in msg
     assert "'1'" not in msg.split("label_map")[0]  # valid values are not blamed
+    assert "(+1 more values)" in msg  # '2' and '0.5' are five and six: counted, not dropped
     assert "data.csv.label_map" in msg
 
 
@@ -54,7 +55,7 @@ def test_every_bad_column_is_named(tmp_path):
     cfg = _csv(tmp_path, ["1", "0", "1"], Mass=["0", "x", "1"], Nodule=["?", "0", "1"])
     cfg.data.csv.label_columns = ["Edema", "Mass", "Nodule"]
     msg = _error(cfg)
-    assert "column 'Mass'" in msg and "'x' x1 (line 3)" in msg and "also in Nodule" in msg
+    assert "column 'Mass'" in msg and "'x' x1 (line 3)" in msg and "also in 'Nodule' ('?')" in msg
 
 
 def test_zero_one_true_false_and_float_spellings_are_accepted(tmp_path):

@@ -32,6 +32,7 @@ from cxr_helpers.data.cache_files import (
     PIXEL_DUPLICATES,
     PIXEL_HASHES,
     CacheError,
+    allocate_npy,
     cache_key,
     column_dtypes,
     fsync_file,
@@ -46,7 +47,7 @@ from cxr_helpers.data.geometry import ASPECTS, scale_boxes, transform
 from cxr_helpers.data.sources import load_source
 from cxr_helpers.data.splits import add_pixel_duplicates, check_leakage, leakage_summary
 from cxr_helpers.data.types import PreparedData, SourceData
-from cxr_helpers.paths import resolve_path
+from cxr_helpers.paths import disk_error, is_disk_error, resolve_path
 
 
 def _resize_in_memory(
@@ -58,7 +59,8 @@ def _resize_in_memory(
     if (h, w) == (size, size) and not (clahe and not nearest):
         save_npy(out_path, images)
         return
-    out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    allocate_npy(out_path, (n, size, size))
+    out = np.lib.format.open_memmap(out_path, mode="r+")
     for i in range(n):
         out[i] = transform(images[i], size, aspect, clahe, nearest)
     out.flush()
@@ -93,8 +95,7 @@ def _file_images(
     if "path" not in manifest:
         raise CacheError(f"source {data.source}: manifest has neither images nor a 'path' column")
     n, size = len(manifest), data.image_size
-    out = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
-    del out
+    allocate_npy(tmp / "images.npy", (n, size, size))
     workers = default_workers(data.num_workers)
     sizes, errors = decode_files(
         manifest["path"].astype(str).tolist(),
@@ -220,6 +221,10 @@ def _build(source: SourceData, data: DataConfig, final: Path, progress: bool) ->
         write_text(tmp / "meta.json", json.dumps(meta, indent=2))
         _commit(tmp, final)
         return final, seconds
+    except OSError as exc:
+        if is_disk_error(exc):
+            raise disk_error(final, exc, "free some space there or set data.cache_dir to another disk") from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

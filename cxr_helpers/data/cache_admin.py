@@ -174,11 +174,16 @@ def why_kept(e: CacheEntry, days: float, runs: Iterable[RunRef], now: Optional[f
     return None
 
 
-def remove_cache(e: CacheEntry) -> None:
+def remove_cache(e: CacheEntry) -> Optional[str]:
     """Delete a cache folder: its ``COMPLETE`` marker first, so a run that looks at it meanwhile sees
-    an unfinished cache (and rebuilds) rather than a half-deleted one."""
-    (e.path / COMPLETE_MARKER).unlink(missing_ok=True)
-    shutil.rmtree(e.path, ignore_errors=True)
+    an unfinished cache (and rebuilds) rather than a half-deleted one. Returns None when it is gone,
+    else why not (one short phrase: a read-only disk, another owner)."""
+    try:
+        (e.path / COMPLETE_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(e.path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if not e.path.exists() else "still present"
 
 
 def human_size(n: float) -> str:

@@ -12,6 +12,7 @@ touches ``LAST_USED`` (``data.cache_admin``, which ``cxr cache`` reads to list a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -93,6 +94,23 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def allocate_npy(path: Path, shape: tuple[int, ...], dtype: type = np.uint8) -> None:
+    """Create ``path`` as an ``.npy`` of ``shape`` with its disk space reserved. Writing into a sparse
+    memmap on a full disk kills the process with SIGBUS (no exception, no clean-up, no message), so a
+    full disk must fail here, as an OSError (ENOSPC) the caller can report in one line."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    del out
+    size = path.stat().st_size
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    elif shutil.disk_usage(path.parent).free < size:  # pragma: no cover - macOS / Windows
+        raise OSError(errno.ENOSPC, f"{size} bytes needed", str(path))
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:

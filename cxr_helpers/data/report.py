@@ -14,7 +14,12 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from cxr_helpers.data.splits import leakage_status, leakage_summary, leakage_warning_lines
+from cxr_helpers.data.splits import (
+    duplicate_example_lines,
+    leakage_status,
+    leakage_summary,
+    leakage_warning_lines,
+)
 from cxr_helpers.data.types import SPLITS, PreparedData
 from cxr_helpers.paths import read_json, write_json
 
@@ -326,7 +331,8 @@ def leakage_index_rows(eda: dict) -> list[tuple[str, str]]:
         if lk.get(k)
     ]
     if dup:
-        rows.append(("Duplicates across splits", "; ".join(dup)))
+        examples = [e for e in duplicate_example_lines(lk) if e]
+        rows.append(("Duplicates across splits", "; ".join(dup) + (f" (e.g. {examples[0]})" if examples else "")))
     return rows
 
 
@@ -500,7 +506,8 @@ def eda_summary(prepared: PreparedData) -> dict[str, Any]:
         "n_duplicates": int(len(prepared.duplicates)) if prepared.duplicates is not None else 0,
         "n_pixel_duplicates": int((prepared.pixel_duplicates or {}).get("pixel_duplicate_images", 0)),
         "leakage": _leakage_value(lk),
-        "leakage_detail": lk,
+        # "ok" there meant "no leak found", also when nothing could be checked: named for what it is
+        "leakage_detail": {("no_leak_found" if k == "ok" else k): v for k, v in lk.items()},
         "leakage_warnings": leakage_warning_lines(lk) if lk else [],
         "cache": {
             "dir": prepared.cache_dir,

@@ -243,7 +243,7 @@ def leakage_warning_lines(leak: dict, n_examples: int = 3) -> list[str]:
             + (f", e.g. {ex}" if ex else "")
             + "; test scores are optimistic; --set data.split=random gives a patient-disjoint split"
         )
-    for part, examples in zip(_duplicate_parts(leak), _duplicate_examples(leak)):
+    for part, examples in zip(_duplicate_parts(leak), duplicate_example_lines(leak)):
         lines.append(f"LEAKAGE WARNING: {part}" + (f", e.g. {examples}" if examples else ""))
     if status in ("cannot be checked", "partly checked"):
         lines.append(f"Leakage {status}: {_patient_caveat(leak)}")
@@ -252,7 +252,7 @@ def leakage_warning_lines(leak: dict, n_examples: int = 3) -> list[str]:
     return lines
 
 
-def _duplicate_examples(leak: dict) -> list[str]:
+def duplicate_example_lines(leak: dict) -> list[str]:
     """One example per duplicate kind present, in ``_duplicate_parts`` order."""
     out = []
     if leak.get("duplicate_groups_across_splits"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -90,10 +91,25 @@ def _url_cached(url: str) -> bool:
     return bool(url) and (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name).is_file()
 
 
+def _route(host: str) -> tuple[str, int, str]:
+    """(host, port, name) a download of ``https://host`` connects to: the HTTPS proxy from the
+    environment (``HTTPS_PROXY`` / ``ALL_PROXY``, as requests and huggingface_hub use it) unless
+    ``NO_PROXY`` bypasses ``host``; else ``host``:443."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get("https") or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        if p.hostname:
+            return p.hostname, p.port or (443 if p.scheme == "https" else 80), f"{host} (via proxy {p.hostname})"
+    return host, 443, host
+
+
 def _unreachable(host: str, timeout: float) -> Optional[str]:
-    """Why ``host``:443 cannot be reached (one short phrase), None when a connection opens."""
+    """Why ``host``:443 (or the proxy in front of it) cannot be reached (one short phrase), None
+    when a connection opens."""
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        target, port, _ = _route(host)
+        socket.create_connection((target, port), timeout=timeout).close()
         return None
     except OSError as exc:
         return (str(exc) or type(exc).__name__).splitlines()[0][:80]
@@ -128,7 +144,8 @@ def pretrained_problem(mcfg: ModelConfig, timeout: float = 4.0) -> Optional[str]
     why = _unreachable(host or "huggingface.co", timeout)
     if why is None:
         return None
-    return f"model.pretrained: '{mcfg.arch}' weights are not cached and {host} cannot be reached ({why}); {fix}"
+    where = _route(host or "huggingface.co")[2]
+    return f"model.pretrained: '{mcfg.arch}' weights are not cached and {where} cannot be reached ({why}); {fix}"
 
 
 def model_norm(model: nn.Module, in_chans: int) -> tuple[list[float], list[float]]:

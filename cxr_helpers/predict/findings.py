@@ -157,10 +157,15 @@ def write_predictions(
 ) -> tuple[Path, Path]:
     """Write the findings table (default ``run_dir/predictions_new.csv``) and its JSON summary
     (same name, ``.json``), each atomically: a full or read-only disk raises ``paths.DiskWriteError``
-    (one line) and leaves no temp file. Returns (csv path, json path)."""
+    (one line) and leaves no temp file. A table whose summary could not be written is removed again,
+    so a failure leaves neither, never half a result. Returns (csv path, json path)."""
     csv_path, json_path = prediction_paths(run_dir, out_csv)
     write_text(csv_path, result.table.to_csv(index=False, float_format="%.6f"))
-    write_json(json_path, summary(result, predictor))
+    try:
+        write_json(json_path, summary(result, predictor))
+    except BaseException:
+        csv_path.unlink(missing_ok=True)
+        raise
     return csv_path, json_path
 
 

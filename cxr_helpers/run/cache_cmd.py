@@ -96,7 +96,10 @@ def cache_command(
         if again is None or why_kept(again, days, runs_now) is not None:
             out(f"kept {e.path}: in use since the listing")
             continue
-        remove_cache(again)
+        failed = remove_cache(again)
+        if failed:
+            out(f"could not remove {again.path}: {failed}")
+            continue
         freed += again.size_bytes
         out(f"removed {again.path}")
     out(f"freed {human_size(freed)}")

@@ -51,8 +51,6 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-
-
 def _fmt_ci(m: Any) -> str:
     if isinstance(m, dict) and m.get("value") is not None:
         v = m["value"]

@@ -21,7 +21,14 @@ from typing import Optional
 from cxr_helpers.config import Config, load_config, save_config
 from cxr_helpers.data.report import leakage_warnings
 from cxr_helpers.model.backbones import pretrained_problem
-from cxr_helpers.paths import DiskWriteError, check_writable, notebooks_dir, project_root, resolve_path
+from cxr_helpers.paths import (
+    DiskWriteError,
+    check_writable,
+    is_disk_error,
+    notebooks_dir,
+    project_root,
+    resolve_path,
+)
 from cxr_helpers.run import index_pages, provenance
 from cxr_helpers.run.html import notebook_to_html
 from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
@@ -216,6 +223,9 @@ def _execute(plan: _Plan, name: str, kernel: str, progress: bool, log) -> tuple[
             notebook_to_html(dst, html_path, hide_code=plan.hide_code, banner=banner)
         except Exception as exc:  # noqa: BLE001 - a rendering problem must not hide the run's status
             log(f"    could not render {html_path.name}: {_last_error_line(exc)}")
+            if is_disk_error(exc):  # no report is a failed step, and an older report must not stand in
+                html_path.unlink(missing_ok=True)
+                error = error or _last_error_line(exc)
     return error, seconds, html_path
 
 

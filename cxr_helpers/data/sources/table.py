@@ -63,11 +63,11 @@ def parse_labels(
     df: pd.DataFrame, columns: list[str], label_map: dict[str, int], where: str, config: str
 ) -> np.ndarray:
     """uint8 (N, C) 0/1 labels of ``columns``; SourceError (one line) naming the first column with
-    other values, those values with counts and CSV lines, and ``data.csv.label_map`` (in
-    ``config``) as the fix."""
+    other values, those values with counts and CSV lines (the first few, then how many more), the
+    other columns' bad values, and ``data.csv.label_map`` (in ``config``) as the fix."""
     out = np.zeros((len(df), len(columns)), dtype=np.uint8)
-    bad_cols = []
-    first = ""
+    first, others = "", []
+    shown = 4
     for k, col in enumerate(columns):
         text = df[col].astype(str).str.strip()
         codes, uniq = pd.factorize(text)
@@ -77,15 +77,18 @@ def parse_labels(
         if not bad.any():
             out[:, k] = y.astype(np.uint8)
             continue
-        bad_cols.append(col)
+        odd = [u for u, v in zip(uniq, values) if np.isnan(v)]
+        more = f" (+{len(odd) - shown} more values)" if len(odd) > shown else ""
         if not first:
             parts = []
-            for u in [u for u, v in zip(uniq, values) if np.isnan(v)][:4]:
+            for u in odd[:shown]:
                 rows = np.flatnonzero(text.to_numpy() == u)
                 parts.append(f"{u!r} x{len(rows)} ({_lines(rows)})")
-            first = f"column '{col}' has values other than 0/1: {', '.join(parts)}"
-    if bad_cols:
-        also = f"; also in {', '.join(bad_cols[1:])}" if len(bad_cols) > 1 else ""
+            first = f"column '{col}' has values other than 0/1: {', '.join(parts)}{more}"
+        else:
+            others.append(f"'{col}' ({', '.join(repr(u) for u in odd[:shown])}{more})")
+    if first:
+        also = f"; also in {', '.join(others)}" if others else ""
         raise SourceError(
             f'{where}: {first}{also}; map each to 0 or 1 with data.csv.label_map in {config}, e.g. {{"-1": 1, "": 0}}'
         )
