@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import random
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from cxr_helpers.cpus import affinity_cores, cpu_budget
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
@@ -127,34 +130,52 @@ def resolve_channels_last(value: str, device: torch.device) -> bool:
 
 def cores_available() -> int:
     """CPU cores this process may run on (its affinity mask)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        return os.cpu_count() or 1
+    return len(affinity_cores())
 
 
-def default_threads(device: torch.device) -> int:
-    """CPU threads for torch: the cores this process may use (env CXR_THREADS overrides).
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The CPU thread count heavy work uses and why (recorded in ``train_summary.json``, shown in
+    the reports): ``threads`` >= 1, ``reason`` one line."""
 
-    Deliberately not adapted to the machine's load: the thread count changes float reduction
-    order, and the same seed must give the same history on the same machine. On a box shared
-    with other jobs, set ``train.threads: 1`` (measured here under load ~7: resnet18@64 took
-    0.33 s per batch of 64 with 1 thread but 1.5-9 s with 2).
+    threads: int
+    reason: str
+
+    @property
+    def pinned(self) -> bool:
+        return self.reason.endswith("(pinned)")
+
+
+def choose_threads(threads: Optional[int], device: torch.device, world: int = 1) -> ThreadChoice:
+    """The thread count for CPU work: ``threads`` (``train.threads``) or env ``CXR_THREADS`` when
+    set (pinned: the same count, so the same float reduction order, every run); else on a CPU the
+    cores free now (``cpus.cpu_budget``: affinity mask, cgroup quota, other processes' load), split
+    among ``world`` ranks; on a GPU torch's own count (the CPU only feeds it).
+
+    A default choice can differ between runs on a busy machine and with it the last bits of the
+    results; pin ``train.threads`` for bit-identical reruns.
     """
-    env = os.environ.get("CXR_THREADS")
-    if env and env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, cores_available())
-
-
-def apply_threads(threads: Optional[int], device: torch.device, world: int = 1) -> int:
-    """Set torch's CPU thread count: ``threads`` when given (``train.threads``), else on a CPU
-    device the cores available shared among ``world`` processes. Returns the count in force."""
     if threads:
-        torch.set_num_threads(threads)
-    elif device.type == "cpu":
-        torch.set_num_threads(max(1, default_threads(device) // world))
-    return torch.get_num_threads()
+        return ThreadChoice(int(threads), f"train.threads={int(threads)} (pinned)")
+    env = os.environ.get("CXR_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return ThreadChoice(int(env), f"CXR_THREADS={int(env)} (pinned)")
+    if device.type != "cpu":
+        return ThreadChoice(torch.get_num_threads(), f"{device.type} device: torch's default")
+    if world > 1:
+        n = max(1, cores_available() // world)
+        return ThreadChoice(n, f"{cores_available()} cores shared by {world} ranks")
+    budget = cpu_budget()
+    return ThreadChoice(budget.usable, budget.reason())
+
+
+def apply_threads(threads: Optional[int], device: torch.device, world: int = 1) -> ThreadChoice:
+    """Set torch's intra-op thread count by ``choose_threads`` and return the choice (a pinned
+    count applies on any device; the default changes nothing on a GPU)."""
+    choice = choose_threads(threads, device, world)
+    if choice.pinned or device.type == "cpu":
+        torch.set_num_threads(choice.threads)
+    return choice
 
 
 def seed_everything(seed: int) -> None:

@@ -31,6 +31,18 @@ def test_synthetic_speed_quick(tmp_path):
     assert rows and all(r["images_per_s"] > 0 for r in rows)
 
 
+def test_busy_machine_quick(tmp_path):
+    """One tiny training beside a busy process, default policy and 1 thread: the default's choice and
+    reason reach train_summary.json, and the ratio table is printed."""
+    out = tmp_path / "b.json"
+    proc = _run("busy_machine.py", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    default = next(r for r in result["runs"] if r["policy"] == "default")
+    assert default["threads"] >= 1 and "usable" in default["threads_reason"]
+    assert result["ratios"]["1 busy"]["best_fixed"] == "1" and "default/best" in proc.stdout
+
+
 @pytest.mark.slow
 def test_demo_budget_quick(tmp_path):
     out = tmp_path / "d.json"

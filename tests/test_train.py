@@ -61,6 +61,11 @@ def test_run_writes_history_checkpoints_and_predictions(tmp_path):
     summary = res.summary
     assert summary["loss"] == "bce" and summary["loss_reason"] and summary["best_epoch"] in (1, 2)
     assert (tmp_path / "train_summary.json").is_file() and summary["amp"] == "off"
+    assert summary["threads"] == 1 and summary["threads_reason"] == "train.threads=1 (pinned)"
+    from cxr_helpers.train.report import speed_table
+
+    device_row = speed_table(summary, pd.read_csv(tmp_path / "history.csv")).iloc[0, 1]
+    assert "threads 1: train.threads=1 (pinned)" in device_row
     meta = ModelMeta.from_checkpoint(load_checkpoint(tmp_path / "model" / "best.pt"), "best.pt")
     assert meta.amp == "off" and meta.channels_last is False and meta.best_epoch == summary["best_epoch"]
     assert meta.mean == (pytest.approx(0.449, abs=1e-3),) and meta.config.model.arch == "resnet18"

@@ -41,10 +41,11 @@ from cxr_helpers.data.cache_files import (
     stale_tmp_dirs,
     write_text,
 )
+from cxr_helpers.data.cache_recipe import find_recipe, recipe_key, save_recipe
 from cxr_helpers.data.decode import decode_files, default_workers
 from cxr_helpers.data.duplicates import cross_split_duplicates, pixel_hashes
 from cxr_helpers.data.geometry import ASPECTS, scale_boxes, transform
-from cxr_helpers.data.sources import load_source
+from cxr_helpers.data.sources import load_source, recipe_inputs
 from cxr_helpers.data.splits import add_pixel_duplicates, check_leakage, leakage_summary
 from cxr_helpers.data.types import PreparedData, SourceData
 from cxr_helpers.paths import disk_error, is_disk_error, resolve_path
@@ -280,7 +281,9 @@ def cache_path_for(cfg: Config, source: SourceData) -> Path:
 def prepare(cfg: Config, source: Optional[SourceData] = None, progress: bool = True) -> PreparedData:
     """The run's data as fixed-size uint8 images: built once per source + preprocessing, then reused.
 
-    Loads the source (``sources.load_source(cfg)``) unless given. When the cache folder for its
+    A deterministic source (synthetic, MedMNIST) whose recipe (config, seed, code, input file stats;
+    ``data.cache_recipe``) was prepared before maps that cache without being generated again.
+    Otherwise loads the source (``sources.load_source(cfg)``) unless given. When the cache folder for its
     hash is complete, maps it (``build_seconds`` None, ``load_seconds`` set, nothing decoded);
     otherwise decodes every image with ``default_workers(cfg.data.num_workers)`` processes,
     skipping unreadable files (listed in ``skipped``), and writes the folder atomically.
@@ -289,15 +292,21 @@ def prepare(cfg: Config, source: Optional[SourceData] = None, progress: bool = T
         raise CacheError(f"data.aspect must be one of {', '.join(ASPECTS)}, got {cfg.data.aspect!r}")
     if cfg.data.image_size < 8:
         raise CacheError(f"data.image_size must be at least 8 pixels, got {cfg.data.image_size}")
-    if source is None:
-        source = load_source(cfg)
     t0 = time.perf_counter()
-    path = cache_path_for(cfg, source)
-    build_seconds = None
-    if not is_complete(path):
-        if path.exists():  # a folder without its marker is never trusted
-            shutil.rmtree(path, ignore_errors=True)
-        path, build_seconds = _build(source, cfg.data, path, progress)
+    recipe, hit = (None, None) if source is not None else _recipe(cfg)
+    if hit is not None:
+        path, source = hit
+        build_seconds = None
+    else:
+        if source is None:
+            source = load_source(cfg)
+            t0 = time.perf_counter()
+        path = cache_path_for(cfg, source)
+        build_seconds = None
+        if not is_complete(path):
+            if path.exists():  # a folder without its marker is never trusted
+                shutil.rmtree(path, ignore_errors=True)
+            path, build_seconds = _build(source, cfg.data, path, progress)
     prepared = load_prepared(path)
     prepared.build_seconds = build_seconds
     if build_seconds is None:
@@ -315,7 +324,19 @@ def prepare(cfg: Config, source: Optional[SourceData] = None, progress: bool = T
     prepared.synthetic = bool(source.synthetic)
     prepared.duplicates = source.duplicates
     _set_leakage(prepared, source)
+    if recipe is not None and hit is None:
+        save_recipe(path, recipe, source)
     return prepared
+
+
+def _recipe(cfg: Config) -> tuple[Optional[str], Optional[tuple[Path, SourceData]]]:
+    """(recipe key, (cache folder, source facts) when a complete cache holds this recipe); the key
+    is None for sources without a recipe (``sources.recipe_inputs``)."""
+    ingredients = recipe_inputs(cfg)
+    if ingredients is None:
+        return None, None
+    key = recipe_key(cfg, ingredients)
+    return key, find_recipe(resolve_path(cfg.data.cache_dir), key)
 
 
 def _set_leakage(prepared: PreparedData, source: SourceData) -> None:

@@ -25,6 +25,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from cxr_helpers.cpus import cpu_budget
 from cxr_helpers.data.geometry import transform
 from cxr_helpers.data.imageio import IMAGE_CHECKS, ImageReadError, read_image_with_header, training_refusal
 
@@ -72,13 +73,12 @@ def _worker_chunk(items: Chunk) -> list[tuple[int, int, int, str]]:
 
 
 def default_workers(num_workers: Optional[int] = None) -> int:
-    """Cache-building processes: ``num_workers`` if given, else the cores this process may use."""
+    """Cache-building processes: ``num_workers`` (``data.num_workers``) if given, else the cores
+    free now (``cpus.cpu_budget``: affinity mask, cgroup quota, other processes' load), as for
+    torch's threads: a decoder sharing a core with a busy process only slows the build."""
     if num_workers is not None:
         return max(1, int(num_workers))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
+    return cpu_budget().usable
 
 
 def _pool_context():

@@ -32,6 +32,7 @@ from cxr_helpers.evaluate.thresholds import (
 from cxr_helpers.model.checkpoint import ModelMeta
 from cxr_helpers.model.inference import Classifier, load_model
 from cxr_helpers.paths import resolve_path
+from cxr_helpers.runtime import ThreadChoice, apply_threads
 
 RESEARCH_NOTE = (
     "Research use only: these outputs are model scores for method development, not a diagnosis, "
@@ -51,6 +52,7 @@ class Predictor:
     data: the data settings ``data.geometry.preprocess_image`` needs (image_size, aspect, clahe), as trained.
     rules: ``thresholds.json`` (per-class thresholds in class order); calibration: ``calibration.json``.
     warnings: one line each (missing thresholds, thresholds fitted on other probabilities).
+    threads: the CPU thread count in force and why (``runtime.apply_threads``; None in tests).
     """
 
     classifier: Optional[Classifier]
@@ -61,6 +63,7 @@ class Predictor:
     calibration: CalibrationRecord
     run_dir: Optional[Path] = None
     warnings: list[str] = field(default_factory=list)
+    threads: Optional[ThreadChoice] = None
 
     @property
     def meta(self) -> Optional[ModelMeta]:
@@ -137,12 +140,14 @@ def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -
     """Load ``run_dir``'s checkpoint (``inference.load_model``) and its decision rules.
 
     Rule warnings are kept on ``Predictor.warnings``, one line each: 05 shows them in its
-    description (``report.describe``), ``cxr predict`` prints them as ``warning:`` lines.
+    description (``report.describe``), ``cxr predict`` prints them as ``warning:`` lines. CPU
+    threads follow ``cfg.train.threads`` or the cores free now (``runtime.apply_threads``).
     """
     run_dir = resolve_path(run_dir)
     if not run_dir.is_dir():
         raise PredictError(f"run dir not found: {run_dir} (train first: cxr run CONFIG, or point at a run dir)")
     clf = load_model(run_dir, device)
+    threads = apply_threads(cfg.train.threads if cfg is not None else None, clf.device)
     rules, calibration, notes = decision_rules(run_dir, clf.classes, clf.task)
     return Predictor(
         classifier=clf,
@@ -153,4 +158,5 @@ def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -
         calibration=calibration,
         run_dir=run_dir,
         warnings=notes,
+        threads=threads,
     )

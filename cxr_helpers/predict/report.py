@@ -222,6 +222,8 @@ def describe(predictor: Predictor, cfg: Any = None) -> str:
         f"- Thresholds: **{predictor.threshold_source}**",
         f"- Calibration: **{predictor.calibration_source}**",
     ]
+    if predictor.threads is not None:
+        lines.append(f"- CPU threads: {predictor.threads.threads} ({predictor.threads.reason})")
     lines += [f"- **Warning**: {w}" for w in predictor.warnings]
     return "\n".join(lines)
 

@@ -35,6 +35,7 @@ from cxr_helpers.model.checkpoint import load_checkpoint
 from cxr_helpers.model.inference import Preprocess
 from cxr_helpers.paths import check_writable
 from cxr_helpers.runtime import (
+    ThreadChoice,
     apply_threads,
     resolve_channels_last,
     resolve_device,
@@ -101,6 +102,7 @@ class RunContext:
     flops: Optional[int]
     eval_only: bool
     load_info: Optional[dict[str, Any]] = None
+    threads: Optional[ThreadChoice] = None
 
     @property
     def is_main(self) -> bool:
@@ -132,7 +134,7 @@ def _load_eval_checkpoint(model: nn.Module, path: str) -> dict[str, Any]:
         return info
 
 
-def _start_runtime(cfg: Config, run_dir: Path) -> tuple[int, int, bool, torch.device]:
+def _start_runtime(cfg: Config, run_dir: Path) -> tuple[int, int, bool, torch.device, ThreadChoice]:
     """Rank, world, DDP flag and device; joins the process group, sets threads, clears old results."""
     rank, world, local_rank = dist_env()
     distributed = world > 1 or launched_by_torchrun()
@@ -142,14 +144,14 @@ def _start_runtime(cfg: Config, run_dir: Path) -> tuple[int, int, bool, torch.de
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-    apply_threads(cfg.train.threads, device, world)
+    threads = apply_threads(cfg.train.threads, device, world)
     if rank == 0:
         check_writable(run_dir / "model")  # a read-only or full run dir: one line now, not after an epoch
         clear_downstream(run_dir)
         resuming = cfg.train.resume and (run_dir / "model" / "last.pt").is_file()
         if not resuming and not cfg.model.checkpoint:
             (run_dir / "model" / "best.pt").unlink(missing_ok=True)  # the previous model's, not this run's
-    return rank, world, distributed, device
+    return rank, world, distributed, device, threads
 
 
 def setup_run(cfg: Config, run_dir: Path, prepared: Optional[PreparedData]) -> RunContext:
@@ -161,7 +163,7 @@ def setup_run(cfg: Config, run_dir: Path, prepared: Optional[PreparedData]) -> R
     problem = pretrained_problem(cfg.model)  # before the (possibly long) data preparation
     if problem:
         raise ModelError(problem)
-    rank, world, distributed, device = _start_runtime(cfg, run_dir)
+    rank, world, distributed, device, threads = _start_runtime(cfg, run_dir)
     if prepared is None:
         prepared = prepare(cfg)
     targets = prepared.labels()
@@ -200,5 +202,5 @@ def setup_run(cfg: Config, run_dir: Path, prepared: Optional[PreparedData]) -> R
         model=model, targets=targets, idx=idx, loss_choice=loss_choice, loss_fn=loss_choice.module.to(device),
         balance=balance, num_workers=nw, eval_batch_size=eval_bs, val_loader=val_loader,
         train_loader=train_loader, n_params=count_parameters(model), flops=flops, eval_only=eval_only,
-        load_info=load_info,
+        load_info=load_info, threads=threads,
     )

@@ -107,7 +107,9 @@ def speed_table(summary: dict[str, Any], history: pd.DataFrame) -> pd.DataFrame:
         [
             (
                 "device",
-                f"{summary.get('device')} (threads {summary.get('threads')}, world size {summary.get('world_size')})",
+                f"{summary.get('device')} (threads {summary.get('threads')}"
+                + (f": {summary['threads_reason']}" if summary.get("threads_reason") else "")
+                + f"; world size {summary.get('world_size')})",
             ),
             (
                 "precision",

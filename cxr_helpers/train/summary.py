@@ -4,7 +4,8 @@
 stopped_early, seconds, images_per_s, epoch_seconds, best_val_macro_auroc,
 best_val_per_class_auroc, loss, loss_reason, loss_weights, class_balance, device, world_size,
 distributed, backend, amp`` (the autocast dtype: ``off``/``bfloat16``/``float16``)``,
-channels_last, compile, num_workers, threads, arch, in_chans, image_size, params,
+channels_last, compile, num_workers, threads, threads_reason`` (how the count was chosen:
+pinned, or the cores free when training started; ``runtime.choose_threads``)``, arch, in_chans, image_size, params,
 forward_gflops, n_train, n_val, n_test, classes, task, synthetic, cache_dir`` (the prepared cache
 folder, None for in-memory data; ``cxr cache`` keeps what runs use)``, checkpoint, evaluated_only``.
 Non-finite numbers are written as null.
@@ -75,6 +76,7 @@ def train_summary(ctx: RunContext, progress: Progress, seconds: float) -> dict[s
             "compile": tc.compile,
             "num_workers": ctx.num_workers,
             "threads": torch.get_num_threads(),
+            "threads_reason": ctx.threads.reason if ctx.threads else None,
             "arch": cfg.model.arch,
             "in_chans": cfg.model.in_chans,
             "image_size": ctx.prepared.image_size,

@@ -300,6 +300,24 @@ def _check_class_coverage(sd: SourceData, cfg: Config) -> None:
             sd.notes.append(f"no {s} images with {', '.join(absent)}: its {s} metrics are undefined")
 
 
+def recipe_inputs(cfg: Config) -> Optional[list[str]]:
+    """What a deterministic source is made from besides its config, as text for the cache recipe
+    (``data.cache_recipe``): [] for synthetic data, the npz's path, size and mtime plus the label
+    names for MedMNIST; None for sources that must be read to be keyed (folder, csv, NIH) or whose
+    input cannot be found (then ``load_source`` says why in one line)."""
+    if cfg.data.source == "synthetic":
+        return []
+    if cfg.data.source == "medmnist":
+        adapter = importlib.import_module(ADAPTERS["medmnist"])
+        try:
+            path, flag = adapter.find_npz(cfg)
+            st = os.stat(path)
+        except (SourceError, OSError):
+            return None
+        return [f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}", flag, str(adapter.known_sets()[flag]["labels"])]
+    return None
+
+
 def load_source(cfg: Config) -> SourceData:
     """The configured source as a split, checked manifest (see the module docstring for the steps).
 
