@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import shared_path
+from dicom_fixtures import write_dicom
 from PIL import Image
 
 from cxr_helpers.config import Config, DataConfig
@@ -35,23 +36,7 @@ def _ct() -> Path:
 
 def _dicom(path: Path, **header) -> Path:
     """A 16 x 16 12-bit uncompressed DICOM with the given header elements (Modality, ViewPosition, ...)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 16, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for k, v in header.items():
-        setattr(ds, k, v)
-    ds.PixelData = np.linspace(0, 4000, 256).astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(path, np.linspace(0, 4000, 256).reshape(16, 16), **header)
 
 
 def test_headers_are_read_from_dicom_only(shared_data, tmp_path):

@@ -112,6 +112,9 @@ def test_predict_refuses_to_replace_05s_predictions_before_computing(tmp_path, f
     assert calls == [] and (run / "predictions_new.csv").read_text() == "written by 05\n"
     assert main(["predict", str(run), "x.png"]) == 2 and calls == []  # the CLI: one line, exit 2
     assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # --csv and --out both: refused, not one silently ignored
+        main(["predict", str(run), "x.png", "--csv", str(tmp_path / "a.csv"), "--out", str(tmp_path)])
+    assert usage.value.code == 2 and "not allowed with argument" in capsys.readouterr().err and calls == []
     findings.predict_cli(run, ["x.png"], out_dir=tmp_path / "mine")  # --out DIR writes there
     assert len(pd.read_csv(tmp_path / "mine" / "predictions_new.csv")) == 3
     assert (run / "predictions_new.csv").read_text() == "written by 05\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import shared_path
+from dicom_fixtures import write_dicom
 from PIL import Image
 
 from cxr_helpers.data.imageio import ImageReadError, read_header_size, read_image
@@ -78,38 +79,17 @@ def test_real_dicoms_monochrome1_is_negative_of_monochrome2(shared_data):
     assert read_header_size(shared_data / "dicom/example_monochrome1.dcm") == (1024, 1024)
 
 
-def _write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **extra) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_dicom_12bit_min_max_and_monochrome1(tmp_path):
     px = np.linspace(100, 4000, 16 * 16).reshape(16, 16)
-    m2 = read_image(_write_dicom(tmp_path / "m2.dcm", px))
-    m1 = read_image(_write_dicom(tmp_path / "m1.dcm", px, "MONOCHROME1"))
+    m2 = read_image(write_dicom(tmp_path / "m2.dcm", px))
+    m1 = read_image(write_dicom(tmp_path / "m1.dcm", px, "MONOCHROME1"))
     assert m2.min() == 0 and m2.max() == 255 and m2[0, 0] < m2[-1, -1]
     np.testing.assert_array_equal(m1, 255 - m2)
 
 
 def test_dicom_window_is_applied(tmp_path):
     px = np.tile(np.array([0, 900, 1000, 1100, 4000]), (4, 1))
-    out = read_image(_write_dicom(tmp_path / "w.dcm", px, WindowCenter=1000, WindowWidth=200))
+    out = read_image(write_dicom(tmp_path / "w.dcm", px, WindowCenter=1000, WindowWidth=200))
     row = out[0].astype(int)
     assert row[0] == 0 and row[-1] == 255  # outside the window: clipped
     assert abs(row[2] - 128) <= 1 and row[1] < row[2] < row[3]
@@ -118,7 +98,7 @@ def test_dicom_window_is_applied(tmp_path):
 def test_dicom_rescale_slope_intercept_then_window(tmp_path):
     px = np.tile(np.array([0, 1000, 2000]), (3, 1))  # HU = 1 * px - 1000 -> -1000, 0, 1000
     out = read_image(
-        _write_dicom(
+        write_dicom(
             tmp_path / "ct.dcm", px, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=400
         )
     )

@@ -29,6 +29,15 @@ def _notebook(path: Path, name: str, body: str) -> None:
     nbformat.write(nb, str(path))
 
 
+def _lock_holder(run_dir: Path):
+    """Another process holding ``run_dir``'s lock for 60 s; prints "locked" once it holds it."""
+    import subprocess
+
+    code = ("import sys, time\nfrom pathlib import Path\nfrom cxr_helpers.run.lock import run_dir_lock\n"
+            "with run_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    return subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A throwaway project root with three tiny notebooks; the second can be made to fail."""
@@ -203,18 +212,13 @@ def test_a_second_run_on_a_busy_run_dir_refuses_and_a_dead_runs_lock_is_taken_ov
     """Two `cxr run --out D` at once: the second refuses in one line naming the first (its config.yaml
     untouched); after the first is killed (no clean-up), the next run takes the stale lock over."""
     import signal
-    import subprocess
 
     from cxr_helpers.run.lock import LOCK_FILE, run_dir_lock
 
     run_dir = project / "outputs" / "t"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("name: t\nseed: 0\n# the first run's\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom cxr_helpers.run.lock import run_dir_lock\n"
-         "with run_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(60)\n", str(run_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = _lock_holder(run_dir)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["run", "configs/t.yaml", "--set", "seed=1"]) == 2
@@ -291,7 +295,6 @@ def test_a_full_run_dir_marks_the_run_failed_and_leaves_no_tmp_files(project, ca
 
 def test_cxr_train_takes_the_run_dir_lock(project, capsys, monkeypatch):
     import signal
-    import subprocess
 
     import cxr_helpers.train.loop as loop
     from cxr_helpers.run.lock import LOCK_FILE
@@ -299,11 +302,7 @@ def test_cxr_train_takes_the_run_dir_lock(project, capsys, monkeypatch):
     run_dir = project / "outputs" / "t"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("name: t\n# the first run's\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom cxr_helpers.run.lock import run_dir_lock\n"
-         "with run_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(60)\n", str(run_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = _lock_holder(run_dir)
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["train", "configs/t.yaml"]) == 2  # before: trained and overwrote config.yaml

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_pred = sub.add_parser("predict", help="findings for new PNG/JPG/DICOM files from a trained run")
     p_pred.add_argument("run_dir", help="a run dir holding model/best.pt (and thresholds.json, calibration.json)")
     p_pred.add_argument("inputs", nargs="+", help="image files or folders")
-    p_pred.add_argument("--csv", default=None, help="write the findings table to this file (summary: same name, .json)")
-    p_pred.add_argument("--out", default=None, metavar="DIR",
+    where = p_pred.add_mutually_exclusive_group()  # both given, one would be silently ignored
+    where.add_argument("--csv", default=None, help="write the findings table to this file (summary: same name, .json)")
+    where.add_argument("--out", default=None, metavar="DIR",
                         help="write predictions_new.csv/.json into DIR instead of the run dir")
     p_pred.add_argument("--overwrite", action="store_true",
                         help="replace existing predictions files (e.g. the run dir's, written by 05_predict)")
