@@ -28,3 +28,19 @@ _.shared_data_dir
 # result records users read in notebooks (PredictionResult.raw_probs, CalibrationRecord.fitted_on)
 _.raw_probs
 _.fitted_on
+# predict.single / predict.shift records read by the widget, the app, tests and benchmarks
+_.available
+_.n_unreadable
+# predict/app_page.show_app: called by the notebook run/app_cmd.py writes for Voilà
+_.show_app
+# ipywidgets layout / Voilà (traitlets Config) settings assigned as attributes and read by those libraries
+_.visibility
+_.ip
+_.port_retries
+_.log_level
+_.tornado_settings
+_.template
+_.strip_sources
+_.show_tracebacks
+# data.imageio.read_header: the header-only reader (no pixels), public API exercised by tests/test_dicom_headers.py
+_.read_header

@@ -25,7 +25,10 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # Keys whose value is one of a fixed set, checked when the config loads (before any notebook runs).
 # tests/test_config.py keeps these equal to the constants of the modules that consume them.
 CHOICES: dict[str, tuple[Optional[str], ...]] = {
-    "data.source": ("synthetic", "nih_cxr14", "medmnist", "folder", "csv"),
+    "data.source": ("synthetic", "nih_cxr14", "medmnist", "folder", "csv", "hf", "pooled"),
+    "data.uncertain": ("positive", "negative", "masked"),
+    "data.sources[].source": ("nih_cxr14", "folder", "csv", "hf"),
+    "data.sources[].split": (None, "official", "chexnet", "random"),
     "data.task": (None, "multilabel", "multiclass"),
     "data.aspect": ("pad", "crop", "stretch"),
     "data.split": ("official", "chexnet", "random"),
@@ -39,9 +42,14 @@ CHOICES: dict[str, tuple[Optional[str], ...]] = {
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "data.image_checks": ("modality", "body_part", "lateral"),
 }
-# What data.csv.label_map may map a CSV value to (masked labels are not supported: the losses and
-# metrics have no per-label mask, so every label must be 0 or 1).
-LABEL_TARGETS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "false": 0, "true": 1}
+# What a label_map (data.csv / data.hf) may map a cell to: 0 or 1; "masked" (unknown: the loss and
+# metrics leave that image out for that finding); "uncertain" (resolved by data.uncertain).
+LABEL_TARGETS: dict[str, Union[int, str]] = {
+    "0": 0, "1": 1, "negative": 0, "positive": 1, "false": 0, "true": 1,
+    "masked": "masked", "mask": "masked", "ignore": "masked", "nan": "masked", "uncertain": "uncertain",
+}  # fmt: skip
+MASKED = "masked"
+UNCERTAIN = "uncertain"
 
 
 class ConfigError(ValueError):
@@ -83,10 +91,11 @@ class CsvSourceConfig:
     path_column: str = "path"
     image_root: Optional[str] = None  # image paths are relative to this (default: CSV folder)
     label_columns: list[str] = field(default_factory=list)  # multi-hot 0/1 columns
-    # label_columns values other than 0/1/true/false fail unless mapped here: CSV text -> 0 or 1,
-    # e.g. CheXpert {"-1": 1, "": 0} (uncertain -> positive, blank -> negative). Numeric keys also
-    # match their float spelling ("-1" matches "-1.0"). Masked/ignored labels are not supported.
-    label_map: dict[str, int] = field(default_factory=dict)
+    # label_columns values other than 0/1/true/false fail unless mapped here: CSV text -> 0, 1,
+    # masked (unknown: left out of the loss and metrics for that finding) or uncertain (follows
+    # data.uncertain), e.g. CheXpert {"-1": uncertain, "": 0}. Numeric keys also match their float
+    # spelling ("-1" matches "-1.0").
+    label_map: dict[str, Union[int, str]] = field(default_factory=dict)
     label_column: Optional[str] = None  # one column of '|'-separated names (or one class name)
     label_separator: str = "|"
     patient_column: Optional[str] = None
@@ -97,10 +106,60 @@ class CsvSourceConfig:
 
 
 @dataclass
+class HfSourceConfig:
+    """Column mapping for ``data.source: hf``: a Hugging Face dataset on the hub or on disk.
+
+    Where it is read from: ``name`` (a hub id, e.g. rajpurkarlab/ReXGradient-160K; gated sets need
+    the terms accepted and a token) or ``data.root`` (a ``save_to_disk`` folder, parquet files, an
+    ``imagefolder`` with metadata.csv, or a folder of per-split metadata files named by ``metadata``).
+    """
+
+    name: Optional[str] = None  # hub dataset id; None = read data.root
+    subset: Optional[str] = None  # hub configuration name
+    revision: Optional[str] = None
+    # per-split metadata files (CSV, JSON or JSON lines) relative to data.root, e.g.
+    # {train: train_metadata.json, val: valid_metadata.json}; a ReXGradient-shaped layout
+    metadata: dict[str, str] = field(default_factory=dict)
+    image_column: Optional[str] = None  # an Image column (bytes or path), or
+    path_column: Optional[str] = None  # image path(s) (a list of paths makes one row per image)
+    image_root: Optional[str] = None  # path_column is relative to this (relative to data.root)
+    label_columns: list[str] = field(default_factory=list)  # 0/1 columns (label_map as data.csv)
+    label_map: dict[str, Union[int, str]] = field(default_factory=dict)
+    report_columns: list[str] = field(default_factory=list)  # report text, labelled by the report labeler
+    # a rules YAML extending the labeler's shipped rules (cxr_helpers/data/labeler_rules.yaml), as for
+    # `cxr labels --rules`; relative to the project root
+    labeler_rules: Optional[str] = None
+    rename: dict[str, str] = field(default_factory=dict)  # label column -> class name (e.g. NIH spelling)
+    patient_column: Optional[str] = None
+    study_column: Optional[str] = None  # patient id when patient_column is absent
+    split_column: Optional[str] = None  # default: the dataset's own splits (train/valid/test)
+    age_column: Optional[str] = None
+    sex_column: Optional[str] = None
+    view_column: Optional[str] = None  # a list of views goes with a list of image paths
+
+
+@dataclass
+class SourceBlockConfig:
+    """One entry of ``data.sources``: a source read on its own, then pooled with the others."""
+
+    name: Optional[str] = None  # the manifest's ``source`` value; default: the adapter name
+    source: str = "folder"  # nih_cxr14 | folder | csv | hf (file sources)
+    root: Optional[str] = None
+    # official | chexnet | random, within this source; None = data.split (chexnet only for nih_cxr14
+    # blocks, official for the others)
+    split: Optional[str] = None
+    patient_id_pattern: Optional[str] = None
+    max_images: Optional[int] = None  # cap per split for this source (default: data.max_images)
+    rename: dict[str, str] = field(default_factory=dict)  # this source's class -> pooled class name
+    csv: CsvSourceConfig = field(default_factory=CsvSourceConfig)
+    hf: HfSourceConfig = field(default_factory=HfSourceConfig)
+
+
+@dataclass
 class DataConfig:
     """Where images come from and how they are prepared."""
 
-    source: str = "synthetic"  # synthetic | medmnist | nih_cxr14 | folder | csv
+    source: str = "synthetic"  # synthetic | medmnist | nih_cxr14 | folder | csv | hf | pooled (= data.sources)
     root: Optional[str] = None  # data location (file or directory, by source)
     task: Optional[str] = None  # multilabel | multiclass; None = the source's own
     classes: Optional[list[str]] = None  # subset / order of classes; None = all
@@ -122,6 +181,13 @@ class DataConfig:
     # 05_predict warns about all three whatever this says.
     image_checks: list[str] = field(default_factory=lambda: ["modality", "body_part", "lateral"])
     csv: CsvSourceConfig = field(default_factory=CsvSourceConfig)
+    hf: HfSourceConfig = field(default_factory=HfSourceConfig)
+    # Several sources pooled into one run (data.source then reads "pooled"): one label set (the union,
+    # or data.classes), a finding a source cannot have is masked; splits stay within each source.
+    sources: list[SourceBlockConfig] = field(default_factory=list)
+    # How an uncertain label ("-1" mapped to uncertain in a label_map, or a report's "possible ...")
+    # becomes a training target: positive (1), negative (0) or masked (left out of loss and metrics).
+    uncertain: str = "masked"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -248,7 +314,7 @@ class PredictConfig:
     cam_method: str = "gradcam"  # one of cam.methods' names
     max_images: int = 50  # images predicted per call (the rest are listed as skipped)
     max_panels: int = 8  # per-image figures shown in the report
-    demo_images: int = 4  # test-split images written to PNG when no inputs are given
+    demo_images: int = 5  # test-split images written to PNG when no inputs are given (+ a DICOM copy of the first)
     batch_size: int = 64
 
 
@@ -346,13 +412,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _label_map(value: Any, where: str) -> dict[str, int]:
-    """``data.csv.label_map`` as {CSV text: 0 or 1}; one-line ConfigError for what YAML misreads."""
+def _label_map(value: Any, where: str) -> dict[str, Union[int, str]]:
+    """A label_map as {cell text: 0, 1, "masked" or "uncertain"}; one-line ConfigError for what YAML misreads."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise ConfigError(
-            f'{where} expects a mapping of CSV value -> 0 or 1 (e.g. {{"-1": 1, "": 0}}), got {value!r}'
+            f'{where} expects a mapping of cell value -> 0, 1, masked or uncertain (e.g. {{"-1": uncertain, "": 0}}), '
+            f"got {value!r}"
         )
     out = {}
     for k, v in value.items():
@@ -363,17 +430,20 @@ def _label_map(value: Any, where: str) -> dict[str, int]:
         numeric = isinstance(v, (bool, int, float)) and v in (0, 1)
         target = int(v) if numeric else LABEL_TARGETS.get(str(v).strip().lower())
         if target is None:
-            extra = (
-                " (masked labels are not supported: the losses and metrics have no per-label mask)"
-                if str(v).strip().lower() in ("masked", "mask", "ignore", "uncertain", "nan", "none")
-                else ""
+            raise ConfigError(
+                f"{where}: value {v!r} for {k!r} must be 0 or 1 (or negative/positive), masked (unknown: left "
+                "out of loss and metrics) or uncertain (follows data.uncertain)"
             )
-            raise ConfigError(f"{where}: value {v!r} for {k!r} must be 0 or 1 (or negative/positive){extra}")
         out["" if k is None else str(k).strip()] = target
     return out
 
 
-_NORMALIZERS = {"data.csv.label_map": _label_map}
+_NORMALIZERS = {
+    "data.csv.label_map": _label_map,
+    "data.hf.label_map": _label_map,
+    "data.sources[].csv.label_map": _label_map,
+    "data.sources[].hf.label_map": _label_map,
+}
 
 
 def _check_list_choice(value: list, dotted: str, where: str) -> None:
@@ -400,18 +470,23 @@ def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
             allowed = ", ".join(fields)
             raise ConfigError(f"{origin}: unknown key '{prefix}{key}' (allowed here: {allowed})")
         tp = hints[key]
+        item_tp = typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.", origin)
+        elif item_tp is not None and dataclasses.is_dataclass(item_tp):
+            if not isinstance(value, list):
+                raise ConfigError(f"{origin}: key '{prefix}{key}' expects a list of sections, got {value!r}")
+            kwargs[key] = [_build(item_tp, v, f"{prefix}{key}[{i}].", origin) for i, v in enumerate(value)]
         else:
-            dotted = f"{prefix}{key}"
+            dotted = re.sub(r"\[\d+\]", "[]", f"{prefix}{key}")
             if dotted in _NORMALIZERS:
-                value = _NORMALIZERS[dotted](value, f"{origin}: key '{dotted}'")
+                value = _NORMALIZERS[dotted](value, f"{origin}: key '{prefix}{key}'")
             value = _coerce(value, tp, f"{origin}: key '{prefix}{key}'")
             if dotted in LIST_CHOICES:
-                _check_list_choice(value, dotted, f"{origin}: key '{dotted}'")
+                _check_list_choice(value, dotted, f"{origin}: key '{prefix}{key}'")
             if typing.get_origin(tp) is dict and fields[key].default_factory is not dataclasses.MISSING:
                 value = {**fields[key].default_factory(), **value}  # a mapping overrides key by key
-            allowed = CHOICES.get(f"{prefix}{key}")
+            allowed = CHOICES.get(dotted)
             if allowed is not None and value not in allowed:
                 names = ", ".join("null" if a is None else a for a in allowed)
                 raise ConfigError(f"{origin}: key '{prefix}{key}' is {value!r}; allowed: {names}")
@@ -488,12 +563,42 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         key, value = parse_override(text)
         _set_path(raw, key, value, f"{path} (override --set {text})")
-    return _build(Config, raw, "", str(path))
+    return _pooled_source(_build(Config, raw, "", str(path)), raw, str(path))
+
+
+# data keys a pooled run takes from each data.sources block, never from data itself
+_BLOCK_ONLY = ("root", "patient_id_pattern", "csv", "hf")
+
+
+def _pooled_source(cfg: Config, raw: dict[str, Any], origin: str) -> Config:
+    """``data.source`` reads ``pooled`` exactly when ``data.sources`` lists blocks (so nothing that
+    looks at data.source mistakes a pooled run for the default synthetic one). Refused in one
+    line: an empty ``data.sources`` list with no data.source (it would silently run synthetic
+    data), and with blocks, a top-level data.source other than pooled or a data key that only a
+    block can hold (``_BLOCK_ONLY``: it would be silently ignored)."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    if "sources" in data and not cfg.data.sources and "source" not in data:
+        raise ConfigError(f"{origin}: data.sources is an empty list; list source blocks (README: several sources "
+                          "in one run) or remove it and set data.source")
+    if not cfg.data.sources:
+        if cfg.data.source == "pooled":
+            raise ConfigError(f"{origin}: data.source is pooled but data.sources lists no source blocks")
+        return cfg
+    if data.get("source", "pooled") != "pooled":
+        raise ConfigError(f"{origin}: data.source is {data['source']!r} but data.sources lists blocks; remove "
+                          "data.source (each block names its own source)")
+    default = DataConfig()
+    for key in _BLOCK_ONLY:
+        if getattr(cfg.data, key) != getattr(default, key):
+            raise ConfigError(f"{origin}: data.{key} is set but data.sources lists blocks, which ignore it; move it "
+                              f"into each block (data.sources[i].{key})")
+    cfg.data.source = "pooled"
+    return cfg
 
 
 def config_from_dict(raw: dict[str, Any], origin: str = "<dict>") -> Config:
     """Validate a plain mapping (e.g. a checkpoint's stored config) into a Config."""
-    return _build(Config, dict(raw), "", origin)
+    return _pooled_source(_build(Config, dict(raw), "", origin), dict(raw), origin)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -5,6 +5,11 @@ then undefined, and a table must say so in words rather than print ``nan`` or cr
 function takes plain arrays: ``y: (N,) 0/1``, ``scores: (N,) floats``, ``Y/P: (N, C)``.
 AUROC uses average ranks (ties count one half), identical to ``sklearn.metrics.roc_auc_score``;
 AP is the step-wise sum of ``sklearn.metrics.average_precision_score``.
+
+Masked labels: a truth entry may be NaN (unknown: the source cannot have that finding, or the
+report left it uncertain under ``data.uncertain: masked``). Every per-class metric here uses only
+the images whose label for that class is known; set-level summaries use the known entries, and a
+multiclass row with any unknown entry is left out.
 """
 
 from __future__ import annotations
@@ -17,9 +22,22 @@ import pandas as pd
 UNDEFINED = "undefined"
 
 
+def known(y: np.ndarray) -> np.ndarray:
+    """Bool mask of the entries of ``y`` (any shape) whose label is known (not NaN)."""
+    return np.isfinite(np.asarray(y, dtype=np.float64))
+
+
+def known_rows(Y: np.ndarray) -> np.ndarray:
+    """Bool (N,): rows of ``Y: (N, C)`` with every label known (a multiclass row needs all)."""
+    return known(Y).all(axis=1)
+
+
 def undefined_reason(y: np.ndarray) -> Optional[str]:
-    """Why a ranking metric is undefined for truth ``y: (N,) 0/1``, or None if it is defined."""
-    y = np.asarray(y)
+    """Why a ranking metric is undefined for truth ``y: (N,) 0/1/NaN``, or None if it is defined."""
+    y = np.asarray(y, dtype=np.float64)
+    if y.size and not known(y).any():
+        return "no images with a known label"
+    y = y[known(y)]
     if y.size == 0:
         return "no images"
     n_pos = int((y > 0.5).sum())
@@ -45,8 +63,11 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def auroc(y: np.ndarray, scores: np.ndarray) -> Optional[float]:
-    """Area under the ROC curve (Mann-Whitney U with average ranks); None if one class is absent."""
-    y = np.asarray(y) > 0.5
+    """Area under the ROC curve (Mann-Whitney U with average ranks) over the known labels; None if
+    one class is absent among them."""
+    ok = known(y)
+    y = np.asarray(y, dtype=np.float64)[ok] > 0.5
+    scores = np.asarray(scores)[ok]
     if undefined_reason(y) is not None:
         return None
     ranks = average_ranks(np.asarray(scores, dtype=np.float64))
@@ -56,15 +77,19 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> Optional[float]:
 
 
 def per_class_auroc(Y: np.ndarray, P: np.ndarray) -> list[Optional[float]]:
-    """One-vs-rest ``auroc`` per column of ``Y, P: (N, C)``; None where a class lacks both labels
-    or its scores are not all finite (a diverged model), so training and 03 share one AUROC."""
+    """One-vs-rest ``auroc`` per column of ``Y, P: (N, C)`` over each class's known labels; None where
+    a class lacks both labels or its scores are not all finite (a diverged model), so training and 03
+    share one AUROC."""
     Y, P = np.asarray(Y), np.asarray(P)
     return [auroc(Y[:, k], P[:, k]) if np.isfinite(P[:, k]).all() else None for k in range(Y.shape[1])]
 
 
 def average_precision(y: np.ndarray, scores: np.ndarray) -> Optional[float]:
-    """Average precision (sum over distinct thresholds of recall step x precision); None without positives."""
-    y = np.asarray(y) > 0.5
+    """Average precision (sum over distinct thresholds of recall step x precision) over the known
+    labels; None without positives."""
+    ok = known(y)
+    y = np.asarray(y, dtype=np.float64)[ok] > 0.5
+    scores = np.asarray(scores)[ok]
     if y.size == 0 or not y.any():
         return None
     s = np.asarray(scores, dtype=np.float64)
@@ -83,9 +108,11 @@ def _ratio(num: float, den: float) -> Optional[float]:
 
 
 def binary_counts(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
-    """2x2 confusion counts for truth ``y`` and decision ``pred`` (both (N,) 0/1)."""
-    y = np.asarray(y) > 0.5
-    pred = np.asarray(pred) > 0.5
+    """2x2 confusion counts for truth ``y`` (N,) 0/1/NaN and decision ``pred`` (N,) 0/1, over the
+    images whose label is known."""
+    ok = known(y)
+    y = np.asarray(y, dtype=np.float64)[ok] > 0.5
+    pred = np.asarray(pred)[ok] > 0.5
     return {
         "tp": int((y & pred).sum()),
         "fp": int((~y & pred).sum()),
@@ -113,7 +140,7 @@ def at_threshold(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[st
 
 
 def multilabel_summary(Y: np.ndarray, pred: np.ndarray) -> dict[str, Optional[float]]:
-    """Set-level agreement for ``Y, pred: (N, C) 0/1``.
+    """Set-level agreement for ``Y: (N, C) 0/1/NaN`` and ``pred: (N, C) 0/1``, over known entries.
 
     subset_accuracy: fraction of images whose whole label set is exactly right.
     hamming_accuracy: fraction of (image, class) decisions that are right.
@@ -121,21 +148,23 @@ def multilabel_summary(Y: np.ndarray, pred: np.ndarray) -> dict[str, Optional[fl
         no true and no predicted labels counts 1: nothing to find, nothing claimed).
     macro_f1: per-class F1 averaged over classes where it is defined; micro_f1: F1 of pooled counts.
     """
-    Y = np.asarray(Y) > 0.5
-    pred = np.asarray(pred) > 0.5
-    if Y.size == 0:
+    Yf = np.asarray(Y, dtype=np.float64)
+    ok = known(Yf)
+    if Yf.size == 0 or not ok.any():
         return {
             k: None for k in ("subset_accuracy", "hamming_accuracy", "example_f1", "macro_f1", "micro_f1")
         }
+    f1s = [rates_from_counts(binary_counts(Yf[:, k], pred[:, k]))["f1"] for k in range(Yf.shape[1])]
+    f1s = [f for f in f1s if f is not None]
+    Y = (Yf > 0.5) & ok
+    pred = (np.asarray(pred) > 0.5) & ok
     tp_i = (Y & pred).sum(1)
     den_i = Y.sum(1) + pred.sum(1)
     ex_f1 = np.where(den_i > 0, 2 * tp_i / np.maximum(den_i, 1), 1.0)
-    f1s = [rates_from_counts(binary_counts(Y[:, k], pred[:, k]))["f1"] for k in range(Y.shape[1])]
-    f1s = [f for f in f1s if f is not None]
     tp, fp, fn = (Y & pred).sum(), (~Y & pred).sum(), (Y & ~pred).sum()
     return {
         "subset_accuracy": float((Y == pred).all(1).mean()),
-        "hamming_accuracy": float((Y == pred).mean()),
+        "hamming_accuracy": float((Y == pred)[ok].mean()),
         "example_f1": float(ex_f1.mean()),
         "macro_f1": float(np.mean(f1s)) if f1s else None,
         "micro_f1": _ratio(2 * tp, 2 * tp + fp + fn),
@@ -163,12 +192,15 @@ def multiclass_summary(Y: np.ndarray, P: np.ndarray, pred_index: Optional[np.nda
     """Accuracy, balanced accuracy, Cohen's kappa and confusion for one-hot ``Y`` and probs ``P: (N, C)``.
 
     The decision is ``pred_index`` when given (``evaluate.thresholds.decide``), else the arg-max
-    class. Balanced accuracy averages per-class recall over classes present in ``Y``.
+    class. Balanced accuracy averages per-class recall over classes present in ``Y``. Rows with an
+    unknown (NaN) label are left out.
     """
-    Y, P = np.asarray(Y), np.asarray(P)
+    Y, P = np.asarray(Y, dtype=np.float64), np.asarray(P)
     c = Y.shape[1]
-    t = Y.argmax(1)
+    ok = known_rows(Y)
     p = P.argmax(1) if pred_index is None else np.asarray(pred_index)
+    Y, p = Y[ok], p[ok]
+    t = Y.argmax(1)
     cm = confusion_matrix(t, p, c)
     support = cm.sum(1)
     recalls = [cm[k, k] / support[k] for k in range(c) if support[k] > 0]

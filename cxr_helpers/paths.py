@@ -36,6 +36,13 @@ def project_root() -> Path:
     return Path.cwd()
 
 
+def outputs_root() -> Path:
+    """Where run dirs go by default and ``outputs/index.html`` lists them: ``<project>/outputs``,
+    or env ``CXR_OUTPUTS`` (the test suite points it at a temp folder so tests never touch yours)."""
+    env = os.environ.get("CXR_OUTPUTS")
+    return Path(env).resolve() if env else project_root() / "outputs"
+
+
 def resolve_path(path: str | os.PathLike) -> Path:
     """Absolute path: as given if absolute or existing from the cwd, else under the project root."""
     p = Path(path).expanduser()

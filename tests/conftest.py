@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cxr_helpers.paths import project_root, shared_data_dir
+from cxr_helpers.run import runner
 
 ROOT = project_root()
 
@@ -40,6 +41,20 @@ def shared_path(shared: Path, rel: str) -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_outputs(tmp_path_factory):
+    """Runs made by tests register in a temp ``outputs/`` (env CXR_OUTPUTS, inherited by the
+    notebook kernels), never in the checkout's: parallel workers do not race on its index, and a
+    developer's ``outputs/index.html`` keeps listing only their own runs."""
+    old = os.environ.get("CXR_OUTPUTS")
+    os.environ["CXR_OUTPUTS"] = str(tmp_path_factory.mktemp("outputs"))
+    yield
+    if old is None:
+        os.environ.pop("CXR_OUTPUTS", None)
+    else:
+        os.environ["CXR_OUTPUTS"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _quiet_torch():
     """Tests share 2 cores: one torch thread each keeps parallel runs from thrashing."""
     try:
@@ -56,3 +71,27 @@ def tiny_cache_dir(tmp_path: Path) -> Path:
     d = tmp_path / "cache"
     d.mkdir()
     return d
+
+
+# The demo chain on a shrunken synthetic set: the suite's most expensive fixture (01 -> 05 through
+# papermill), built once per session (and once per worker under xdist: the tests that use it all
+# live in test_chain.py, and make test distributes by file).
+TINY = [
+    "data.synthetic.n_images=240",
+    "data.image_size=48",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "eval.n_bootstrap=100",
+    "eval.severities=1",
+    "cam.max_images=3",
+    "cam.methods=[gradcam, eigencam]",
+    "predict.max_images=3",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_chain") / "run"
+    return runner.run("configs/demo.yaml", overrides=TINY + [f"data.cache_dir={out.parent / 'cache'}"],
+                      out=str(out), progress=False, log=lambda *_: None)
+

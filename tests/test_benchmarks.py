@@ -63,3 +63,13 @@ def test_pneumoniamnist_seeds_quick(shared_data, tmp_path):
     result = json.loads(out.read_text())
     assert result["quick"] and [r["seed"] for r in result["runs"]] == [0]
     assert 0 <= result["mean"]["test_auc"] <= 1
+
+
+@pytest.mark.slow
+def test_predict_batch_quick(tmp_path):
+    """Batch prediction's memory benchmark runs: two batch sizes, each with its peak RSS."""
+    out = tmp_path / "pb.json"
+    proc = _run("predict_batch.py", "--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 and all(r["peak_rss_mb"] > 0 for r in rows)

@@ -47,6 +47,7 @@ def world(tmp_path, monkeypatch):
     """A project with caches of every kind: referenced, old and unreferenced, used by a running run,
     a live build, an interrupted build, and one used recently."""
     monkeypatch.setenv("CXR_ROOT", str(tmp_path))
+    monkeypatch.delenv("CXR_OUTPUTS", raising=False)  # its outputs/ is the project's
     monkeypatch.chdir(tmp_path)
     paths.project_root.cache_clear()
     root = tmp_path / "outputs" / ".cache"

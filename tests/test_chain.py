@@ -1,7 +1,8 @@
 """Every notebook, executed by papermill through `cxr run` on tiny configs (the MONAI pattern).
 
-The demo chain runs once per session into a temp dir (01 -> 05 on a shrunken synthetic set);
-each test then checks what one notebook must have produced. Real-data configs run 01_eda.
+The demo chain runs once per session into a temp dir (01 -> 05 on a shrunken synthetic set; the
+``demo_run`` fixture in conftest.py, shared with the model-card and browser tests); each test then
+checks what one notebook must have produced. Real-data configs run 01_eda.
 """
 
 from __future__ import annotations
@@ -12,30 +13,14 @@ import sys
 
 import pandas as pd
 import pytest
+from browser_fixtures import browser, local_pages, page_problems  # noqa: F401  (browser: fixture)
+from test_model_card import checklist_items, section
 
-from cxr_helpers.paths import project_root
-from cxr_helpers.run import runner
+from cxr_helpers.metrics import fmt_ci
+from cxr_helpers.paths import outputs_root, project_root
+from cxr_helpers.run import model_card, runner
 
 ROOT = project_root()
-TINY = [
-    "data.synthetic.n_images=240",
-    "data.image_size=48",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "eval.n_bootstrap=100",
-    "eval.severities=1",
-    "cam.max_images=3",
-    "cam.methods=[gradcam, eigencam]",
-    "predict.max_images=3",
-]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_chain") / "run"
-    result = runner.run("configs/demo.yaml", overrides=TINY + [f"data.cache_dir={out.parent / 'cache'}"],
-                        out=str(out), progress=False, log=lambda *_: None)
-    return result
 
 
 def _report(run_dir, name):
@@ -54,6 +39,7 @@ def test_demo_chain_runs_every_notebook(demo_run):
         if name in [nb["name"] for nb in status["notebooks"]]:
             assert f"reports/{name}.html" in index
     assert "Synthetic data" in index
+    assert "href='model_card.html'" in index and (demo_run.run_dir / "model_card.md").is_file()
 
 
 def test_eda_outputs(demo_run):
@@ -161,3 +147,35 @@ def test_nih_gradcam_scores_boxes(shared_data, tmp_path):
     assert "trained on nih_cxr14" in cam["summary"]  # the score states what the model learned from
     assert "vs random maps" in cam["summary"] and "positives with boxes" in cam["summary"]
     assert "data:image/png;base64" in _report(result.run_dir, "04_gradcam")
+
+
+# The model card and the browser check read this module's chain run: they live here so that
+# `pytest -n N --dist loadfile` (make test) builds the chain once, on one worker.
+@pytest.mark.slow
+def test_chain_run_card_matches_its_files(demo_run):
+    assert demo_run.ok, demo_run.error
+    run_dir = demo_run.run_dir
+    card = model_card.write_model_card(run_dir).read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    assert f"Test macro AUROC: **{fmt_ci(metrics['macro_auroc'])}**" in section(card, "Performance on the test split")
+    assert f"policy **{thresholds['policy']}**" in section(card, "Operating point")
+    cam = json.loads((run_dir / "cam_metrics.json").read_text())
+    assert cam["summary"] in section(card, "Grad-CAM findings")
+    assert "not answered by this run" not in "".join(
+        section(card, t) for t in ("Data and splits", "Model and training", "Calibration", "Robustness"))
+    assert len(checklist_items(card, "CLAIM 2024")) == 44
+    assert "Synthetic data" in card
+
+
+@pytest.mark.slow
+def test_chain_run_pages_open_cleanly(demo_run, browser):  # noqa: F811
+    """index.html of the session's chain run, every report it links to and outputs/index.html
+    (which the chain run just rewrote): no broken image, dead link, missing #anchor or console error."""
+    index = demo_run.run_dir / "index.html"
+    pages = [index, *local_pages(index)]
+    outputs_index = outputs_root() / "index.html"
+    assert len([p for p in pages if p.parent.name == "reports"]) == len(list((demo_run.run_dir / "reports").glob("*.html")))
+    assert outputs_index.resolve() in pages
+    problems = [p for page in pages for p in page_problems(browser, page)]
+    assert not problems, "\n".join(problems)

@@ -14,7 +14,8 @@ CONFIGS = sorted((project_root() / "configs").glob("*.yaml"))
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.name
-    assert cfg.data.source in {"synthetic", "medmnist", "nih_cxr14", "folder", "csv"}
+    assert cfg.data.source in {"synthetic", "medmnist", "nih_cxr14", "folder", "csv", "hf", "pooled"}
+    assert (cfg.data.source == "pooled") == bool(cfg.data.sources)
 
 
 def _write(tmp_path, text):
@@ -154,8 +155,10 @@ def test_label_map_keys_become_csv_text_and_values_0_1(tmp_path):
 
 def test_label_map_errors_are_one_line(tmp_path):
     assert "quote it" in _error(tmp_path, "data:\n  csv:\n    label_map: {yes: 1}\n")
-    msg = _error(tmp_path, "data:\n  csv:\n    label_map: {'-1': masked}\n")
-    assert "must be 0 or 1" in msg and "masked labels are not supported" in msg
+    cfg = load_config(_write(tmp_path, "data:\n  csv:\n    label_map: {'-1': masked, '': uncertain}\n"))
+    assert cfg.data.csv.label_map == {"-1": "masked", "": "uncertain"}
+    msg = _error(tmp_path, "data:\n  csv:\n    label_map: {'-1': maybe}\n")
+    assert "must be 0 or 1" in msg and "masked" in msg and "data.uncertain" in msg
     assert "must be 0 or 1" in _error(tmp_path, "data:\n  csv:\n    label_map: {'-1': 2}\n")
     assert "expects a mapping" in _error(tmp_path, "data:\n  csv:\n    label_map: [1]\n")
 

@@ -25,7 +25,7 @@ from cxr_helpers.data.imageio import (
     training_refusal,
 )
 from cxr_helpers.data.types import SourceData
-from cxr_helpers.predict.inputs import header_warnings
+from cxr_helpers.predict.quality import image_warnings
 
 
 def _ct() -> Path:
@@ -118,10 +118,12 @@ def test_prediction_warns_about_ct_and_lateral_views_but_not_png(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     lateral = _dicom(tmp_path / "ll.dcm", Modality="CR", ViewPosition="LATERAL")
     pa = _dicom(tmp_path / "pa.dcm", Modality="CR", ViewPosition="PA")
-    w = header_warnings([tmp_path / "a.png", _ct(), lateral, pa, tmp_path / "gone.dcm"])
-    assert list(w.columns) == ["path", "check", "warning"]
-    assert w[["path", "check"]].values.tolist() == [[str(_ct()), "modality"], [str(lateral), "lateral"]]
-    assert w["warning"].str.endswith("the model was trained on frontal chest radiographs").all()
+    fine = {"midline_contrast": 0.2, "std": 0.2}
+    w = {Path(f).name: image_warnings(fine, read_header(f), (512, 512), 224)
+         for f in [tmp_path / "a.png", _ct(), lateral, pa]}
+    assert {name: list(v) for name, v in w.items()} == {
+        "a.png": [], Path(_ct()).name: ["modality"], "ll.dcm": ["lateral"], "pa.dcm": []}
+    assert w["ll.dcm"]["lateral"].endswith("the model was trained on frontal chest radiographs")
 
 
 @pytest.mark.parametrize("checks", [["modality", "lateral"], []])

@@ -22,6 +22,12 @@ LAZY_SIBLING_IMPORTS = {
     ("run/cli.py", "cxr_helpers.train.loop"),
     ("run/cli.py", "cxr_helpers.predict.findings"),
     ("run/cli.py", "cxr_helpers.run.cache_cmd"),
+    ("run/labels_cmd.py", "cxr_helpers.data.labeler"),
+    ("run/labels_cmd.py", "cxr_helpers.paths"),
+    ("run/sweep_cmd.py", "cxr_helpers.run.runner"),
+    ("run/sweep_cmd.py", "cxr_helpers.run.sweep"),
+    ("run/sweep_cmd.py", "cxr_helpers.run.sweep_optuna"),
+    ("predict/single.py", "cxr_helpers.predict.overlays"),
 }
 
 

@@ -20,6 +20,7 @@ from cxr_helpers.predict import findings as P_findings
 from cxr_helpers.predict import inputs as P_inputs
 from cxr_helpers.predict import predictor as P
 from cxr_helpers.predict import report as R
+from cxr_helpers.predict import single as S
 
 CLASSES = ["Cardiomegaly", "Effusion", "Nodule"]
 
@@ -88,26 +89,29 @@ def test_resolve_inputs_prefers_parameter_then_config():
     assert P_inputs.resolve_inputs(None, Config()) == []
 
 
-def test_load_images_prepares_like_cache_and_skips_bad_files(tmp_path):
+def test_read_input_prepares_like_cache_and_names_bad_files(tmp_path):
     from cxr_helpers.data.geometry import preprocess_image
-    from cxr_helpers.data.imageio import read_image
+    from cxr_helpers.data.imageio import ImageReadError, read_image
 
     good = _png(tmp_path / "good.png", 120, 80)
-    bad = _bad_files(tmp_path)
     data = DataConfig(image_size=32, aspect="pad")
-    images, kept, skipped = P_inputs.load_images([good, *bad], data)
-    assert images.shape == (1, 32, 32) and images.dtype == np.uint8
-    assert kept == [good]
-    np.testing.assert_array_equal(images[0], preprocess_image(read_image(good), data))
-    assert set(skipped["path"]) == {str(p) for p in bad}
-    assert all(isinstance(r, str) and r and "\n" not in r for r in skipped["reason"])
+    got = P_inputs.read_input(good, str(good), data)
+    assert got.image.shape == (32, 32) and got.image.dtype == np.uint8 and got.source_shape == (120, 80)
+    np.testing.assert_array_equal(got.image, preprocess_image(read_image(good), data))
+    from_bytes = P_inputs.read_input(good.read_bytes(), "upload.png", data)
+    np.testing.assert_array_equal(from_bytes.image, got.image)
+    for bad in _bad_files(tmp_path):
+        with pytest.raises(ImageReadError) as err:
+            P_inputs.read_input(bad.read_bytes(), bad.name, data)
+        assert str(err.value).startswith(f"{bad.name}: ") and "\n" not in str(err.value)
+        assert "cxr-upload" not in str(err.value)  # the temporary file's name never shows
 
 
-def test_load_images_caps_at_max_images(tmp_path):
+def test_predict_files_caps_at_max_images(tmp_path):
     files = [_png(tmp_path / f"{i}.png") for i in range(3)]
-    images, kept, skipped = P_inputs.load_images(files, DataConfig(image_size=16), max_images=2)
-    assert len(images) == 2 and len(skipped) == 1
-    assert "max_images" in skipped["reason"].iloc[0]
+    res = P_findings.predict_files(_fake_predictor(size=16), files, max_images=2, probs_fn=_brightness_probs)
+    assert len(res.table) == 2 and len(res.skipped) == 1
+    assert "max_images" in res.skipped["reason"].iloc[0]
 
 
 # ---------------------------------------------------------------- decision rules
@@ -226,10 +230,15 @@ def test_findings_table_marks_positives_and_top():
 
 
 def test_cam_classes_positive_findings_or_top():
-    thr = np.array([0.5, 0.5, 0.5])
-    assert R.cam_classes(np.array([0.6, 0.9, 0.7]), thr, "multilabel", max_cams=2) == [1, 2]
-    assert R.cam_classes(np.array([0.1, 0.3, 0.2]), thr, "multilabel") == [1]
-    assert R.cam_classes(np.array([0.6, 0.3, 0.1]), thr, "multiclass") == [0]
+    """The classes explained are those the predictor's own rule calls (``Predictor.calls``)."""
+    multilabel, multiclass = _fake_predictor(), _fake_predictor(task="multiclass")
+
+    def cams(pred, probs, **kw):
+        return S.cam_classes(np.array(probs), pred.calls(np.array([probs]))[0], **kw)
+
+    assert cams(multilabel, [0.6, 0.9, 0.7], max_cams=2) == [1, 2]
+    assert cams(multilabel, [0.1, 0.3, 0.2]) == [1]
+    assert cams(multiclass, [0.6, 0.3, 0.1]) == [0]
 
 
 # ---------------------------------------------------------------- end to end with a fake model
@@ -242,7 +251,8 @@ def test_predict_files_fake_model_calibrates_and_skips(tmp_path):
     R.write_dicom(np.full((50, 60), 128, np.uint8), folder / "mid.dcm")
     bad = _bad_files(folder / "bad")
     pred = _fake_predictor(temperatures=[2.0, 2.0, 2.0])
-    res = P_findings.predict_files(pred, [folder, tmp_path / "missing.png"], probs_fn=_brightness_probs)
+    res = P_findings.predict_files(pred, [folder, tmp_path / "missing.png"], probs_fn=_brightness_probs,
+                                   keep_images=True)
     assert sorted(res.table["image"]) == ["bright.png", "dark.jpg", "mid.dcm"]
     assert len(res.skipped) == 3 and {str(b) for b in bad} <= set(res.skipped["path"])
     row = res.table.set_index("image").loc["bright.png"]
@@ -250,6 +260,8 @@ def test_predict_files_fake_model_calibrates_and_skips(tmp_path):
     i = res.files.index(next(f for f in res.files if f.name == "bright.png"))
     assert res.raw_probs[i, 0] > res.probs[i, 0] > 0.5  # T = 2 pulls towards 0.5
     assert res.images.shape == (3, 32, 32)
+    shown = P_findings.predict_files(pred, [folder], probs_fn=_brightness_probs, keep_images=2)  # 05: max_panels
+    assert shown.images.shape == (2, 32, 32) and len(shown.table) == 3
 
 
 def test_a_ct_dicom_is_predicted_with_its_warning_in_table_summary_and_report(tmp_path):
@@ -383,7 +395,8 @@ def test_binary_findings_one_class_per_image_and_table_agrees():
                                       probs, probs, [])
     shown = R.report_table(res, classes)
     assert "top_finding" not in shown and list(shown["predicted"]) == list(t["predicted"])
-    assert R.cam_classes(probs[0], thr, "multiclass") == [0]  # the predicted class, not the arg-max
+    called = np.array(t[[f"pos_{c}" for c in classes]], dtype=bool)
+    assert S.cam_classes(probs[0], called[0]) == [0]  # the predicted class, not the arg-max
 
 
 def test_summary_and_describe_state_the_rule(tmp_path):
@@ -477,15 +490,15 @@ def test_round_trip_real_checkpoint(tmp_path):
     pred = P.load_predictor(run, device="cpu")
     assert pred.classes == CLASSES and pred.image_size == 32 and not pred.calibration.in_use
     np.testing.assert_allclose(pred.thresholds, 0.4)
-    res = P_findings.predict_files(pred, [folder], batch_size=2)
+    res = P_findings.predict_files(pred, [folder], batch_size=2, keep_images=True, cam_images=2)
     assert sorted(res.table["image"]) == ["a.png", "ct.dcm", "rgb.jpeg"]
     assert {str(b) for b in bad} == set(res.skipped["path"])
     assert res.probs.shape == (3, 3) and np.all((res.probs >= 0) & (res.probs <= 1))
     pos = res.table[[f"pos_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_array_equal(pos, res.probs >= 0.4)
-    cams, note = R.prediction_cams(pred, res, max_images=2)
-    assert cams is not None, note
-    assert len(cams) == 2 and cams[0][0][1].shape == (32, 32)
+    assert not res.notes, res.notes  # Grad-CAM worked
+    assert len(res.overlays) == 2 and all(len(o) >= 1 for o in res.overlays)
+    assert all(rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8 for o in res.overlays for rgb in o.values())
 
 
 def test_checkpoint_preparation_wins_and_cam_input_matches_inference(tmp_path):
@@ -497,7 +510,7 @@ def test_checkpoint_preparation_wins_and_cam_input_matches_inference(tmp_path):
     clf = pred.classifier
     imgs = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
     with torch.no_grad():
-        ours = clf.model(clf.preprocess(imgs)).numpy()  # what the CAM in report.prediction_cams feeds
+        ours = clf.model(clf.preprocess(imgs)).numpy()  # what the CAM in predict.overlays feeds
     np.testing.assert_allclose(ours, clf.logits(imgs), rtol=1e-3, atol=1e-3)
 
 
@@ -507,7 +520,7 @@ def test_round_trip_shared_dicoms(tmp_path, shared_data):
     mono1 = shared_path(shared_data, "dicom/example_monochrome1.dcm")
     run = _tiny_run(tmp_path)
     pred = P.load_predictor(run, device="cpu")
-    res = P_findings.predict_files(pred, [mono2, mono1])
+    res = P_findings.predict_files(pred, [mono2, mono1], keep_images=True)
     assert len(res.table) == 2, res.skipped
     # MONOCHROME1 is the negative of MONOCHROME2: the prepared images must differ accordingly
     assert abs(int(res.images[0].astype(int).mean()) + int(res.images[1].astype(int).mean()) - 255) < 20
@@ -523,9 +536,17 @@ def test_predict_cli_writes_csv(tmp_path, capsys):
     assert (run / "predictions_new.csv").is_file() and (run / "predictions_new.json").is_file()
     assert "default 0.5" in out and "warning: no thresholds.json" in out
     assert "skipped:" in out and "not a diagnosis" in out
+    assert "batch: No reference statistics for this run" in out  # a run trained before reference_stats.json
+    summary = json.loads((run / "predictions_new.json").read_text())
+    assert summary["batch"][0].startswith("No reference statistics") and "trained before" in summary["reference"]
+    assert summary["shift"] == {"images_differ": False, "scores_differ": False, "duplicates_left_out": 0}
     other = tmp_path / "elsewhere" / "p.csv"
     P_findings.predict_cli(run, [str(folder / "a.png")], out_csv=other)
     assert len(pd.read_csv(other)) == 1
+    capsys.readouterr()
+    P_findings.predict_cli(run, [str(folder)], overwrite=True, show_rows=2)  # a long table: its head, verdict last
+    lines = capsys.readouterr().out.splitlines()
+    assert f"... 1 more row(s) in {run / 'predictions_new.csv'}" in lines and lines[-1].startswith("batch: ")
 
 
 def test_predict_cli_errors_are_one_line(tmp_path):
@@ -557,7 +578,7 @@ def test_file_round_trip_reproduces_in_memory_predictions(tmp_path):
     imgs = np.random.default_rng(3).integers(0, 255, (2, 32, 32), dtype=np.uint8)
     Image.fromarray(imgs[0]).save(tmp_path / "a.png")
     R.write_dicom(imgs[1], tmp_path / "b.dcm")
-    res = P_findings.predict_files(pred, [tmp_path / "a.png", tmp_path / "b.dcm"])
+    res = P_findings.predict_files(pred, [tmp_path / "a.png", tmp_path / "b.dcm"], keep_images=True)
     np.testing.assert_array_equal(res.images, imgs)
     np.testing.assert_allclose(res.probs, pred.classifier.probs(imgs), atol=1e-6)
 

@@ -37,7 +37,9 @@ def test_notebook_is_stripped_and_parameterized(path):
     params = set(notebook_parameters({k: v for k, v in namespace.items() if k != "__builtins__"}))
     assert params == set(NOTEBOOK_PARAMS[path.stem]), f"parameters {params} != {NOTEBOOK_PARAMS[path.stem]}"
     setup = "".join(code[1]["source"])
-    assert f'setup(globals(), "{path.stem}")' in setup, "the cell after parameters calls setup()"
+    opener = ("open_comparison(sweep_dir, run_dirs, out_dir)" if path.stem == "06_compare"
+              else f'setup(globals(), "{path.stem}")')
+    assert opener in setup, "the cell after parameters opens the run (06: the runs to compare)"
     assert raw["metadata"]["kernelspec"]["name"] == "cxr"
 
 

@@ -55,6 +55,7 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "configs" / "t.yaml").write_text(
         "name: t\nseed: 0\nnotebooks: [01_first, 02_second, 03_third]\n")
     monkeypatch.setenv("CXR_ROOT", str(tmp_path))
+    monkeypatch.delenv("CXR_OUTPUTS", raising=False)  # its outputs/ is the project's
     monkeypatch.chdir(tmp_path)
     paths.project_root.cache_clear()
     yield tmp_path
@@ -197,6 +198,7 @@ def test_kernelspec_is_private_to_the_interpreter_and_project(tmp_path, monkeypa
     for name in ("a", "b", "a"):
         (tmp_path / name).mkdir(exist_ok=True)
         monkeypatch.setenv("CXR_ROOT", str(tmp_path / name))
+        monkeypatch.delenv("CXR_OUTPUTS", raising=False)  # its outputs/ is the project's
         project_root.cache_clear()
         kernel_for_this_python()
         first = os.environ["JUPYTER_PATH"].split(os.pathsep)[0]
@@ -280,7 +282,7 @@ def test_a_full_run_dir_marks_the_run_failed_and_leaves_no_tmp_files(project, ca
               "    big = run.dir / 'model.bin'\n    try:\n        big.write_bytes(b'0' * 4_000_000)\n"
               "    finally:\n        big.unlink(missing_ok=True)\n"
               "if run.cfg.seed == 22:\n    (run.dir / 'filler.bin').write_bytes(b'0' * 4_000_000)\n")
-    with tmpfs(project / "mnt", size="1m") as mnt:
+    with tmpfs(project / "mnt", size="2m") as mnt:  # room for two runs' pages and model cards
         assert main(["run", "configs/t.yaml", "--set", "seed=21", "--out", str(mnt / "r"), "--no-progress"]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "02_second" in err and "No space left" in err

@@ -107,3 +107,11 @@ def test_lateral_rows_are_listed_as_skipped_unless_allowed(tmp_path):
     assert sd.skipped["reason"].str.contains("data.image_checks").all()
     cfg.data.image_checks = ["modality", "body_part"]
     assert len(load_source(cfg).manifest) == 5
+
+
+def test_split_column_naming_no_split_is_refused_not_replaced(tmp_path):
+    """A split column whose values are all unknown would otherwise get generated splits silently."""
+    cfg = _csv(tmp_path, ["1", "0", "1", "0"], fold=["fold1", "fold2", "fold1", "fold2"])
+    cfg.data.split, cfg.data.csv.split_column = "official", "fold"
+    msg = _error(cfg)
+    assert msg.startswith("data.csv.split_column: no value names a split ('fold1', 'fold2')"), msg

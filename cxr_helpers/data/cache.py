@@ -50,6 +50,18 @@ from cxr_helpers.data.splits import add_pixel_duplicates, check_leakage, leakage
 from cxr_helpers.data.types import PreparedData, SourceData
 from cxr_helpers.paths import disk_error, is_disk_error, resolve_path
 
+SIZES_FILE = "sizes.npy"  # (N, 2) int64 decoded (height, width) of each cache row's source image
+
+
+def read_source_sizes(cache_dir: str | Path, n_rows: int) -> Optional[np.ndarray]:
+    """(n_rows, 2) decoded ``(height, width)`` of the source image of each cache row (in-memory
+    sources included), or None when the cache has no such file or it does not match ``n_rows``."""
+    path = Path(cache_dir) / SIZES_FILE
+    if not path.is_file():
+        return None
+    sizes = np.load(path)
+    return sizes if sizes.ndim == 2 and len(sizes) == n_rows else None
+
 
 def _resize_in_memory(
     images: np.ndarray, size: int, aspect: str, clahe: bool, out_path: Path, nearest: bool = False
@@ -136,7 +148,7 @@ def _write_tables(
     )
     keep_rows = np.array([not e for e in errors], dtype=bool)
     manifest = manifest[keep_rows].reset_index(drop=True)
-    np.save(tmp / "sizes.npy", sizes)
+    np.save(tmp / SIZES_FILE, sizes)
     boxes = scale_boxes(source.boxes, manifest["image_id"], sizes, data.image_size, data.aspect)
     manifest.to_csv(tmp / "manifest.csv", index=False)
     boxes.to_csv(tmp / "boxes.csv", index=False)

@@ -185,6 +185,23 @@ def plot_samples(prepared: PreparedData, n_per_class: int = 4, seed: int = 0):
     return fig
 
 
+def plot_report_labels(counts: pd.DataFrame):
+    """Horizontal bars per finding: reports labelled positive, uncertain, negated and unmentioned
+    (``report.report_label_counts``), as shares of all reports so rare findings stay readable."""
+    cols = ["positive", "uncertain", "negated", "unmentioned"]
+    colors = ["#d62728", "#ff7f0e", "#1f77b4", "#d9d9d9"]
+    share = counts[cols].div(counts[cols].sum(axis=1).replace(0, np.nan), axis=0).fillna(0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(share) + 1.4))
+    share.iloc[::-1].plot.barh(stacked=True, ax=ax, width=0.8, color=colors)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of reports")
+    ax.set_title("What the report labeler found per finding")
+    ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    return fig
+
+
 def plot_synthetic_overview(prepared: PreparedData, n: int = 8, seed: int = 0) -> Optional[object]:
     """The synthetic helper's grid (all masks outlined, legend) on ``n`` images; None for real data."""
     if not prepared.synthetic or prepared.masks is None:

@@ -14,6 +14,8 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from cxr_helpers.data.labeler import FINDINGS, Rules, explain_report, label_counts, label_reports
+from cxr_helpers.data.labeler import NO_FINDING as LABELER_NO_FINDING
 from cxr_helpers.data.splits import (
     duplicate_example_lines,
     leakage_status,
@@ -36,48 +38,85 @@ def _splits(prepared: PreparedData) -> list[str]:
 def counts_table(prepared: PreparedData) -> pd.DataFrame:
     """Images per class (rows) and split (columns) plus ``total``; last rows: no finding, all images.
 
-    For multilabel data an image counts once for each positive class; "No finding" counts images
-    with no positive class.
+    For multilabel data an image counts once for each class it is a known positive for (an unknown,
+    masked label counts nowhere here: ``unknown_table`` counts those); "No finding" counts images
+    whose labels are all known and negative.
     """
-    m = prepared.manifest
-    y = m[prepared.classes].to_numpy(dtype=np.int64)
+    y = prepared.positives()
+    none = _no_finding(prepared)
     out = {}
     for s in _splits(prepared) + ["total"]:
-        sel = np.ones(len(m), bool) if s == "total" else (m["split"].astype(str) == s).to_numpy()
+        sel = _split_rows(prepared, s)
         col = list(y[sel].sum(axis=0))
         if prepared.task == "multilabel":
-            col.append(int((y[sel].sum(axis=1) == 0).sum()))
+            col.append(int(none[sel].sum()))
         col.append(int(sel.sum()))
         out[s] = col
     index = list(prepared.classes) + ([NO_FINDING] if prepared.task == "multilabel" else []) + ["all images"]
-    return pd.DataFrame(out, index=index).astype(int)
+    return pd.DataFrame(out, index=index, columns=_splits(prepared) + ["total"]).astype(int)
+
+
+def unknown_table(prepared: PreparedData) -> pd.DataFrame:
+    """Images whose label is unknown (masked: the source cannot have the finding, or the report
+    hedged it under ``data.uncertain: masked``) per class (rows) and split (columns) plus ``total``;
+    only the classes with at least one, so an empty table means every label is known. Those images
+    count neither as positive nor as negative in ``counts_table`` / ``prevalence_table``."""
+    unknown = prepared.unknown()
+    cols = _splits(prepared) + ["total"]
+    data = {s: unknown[_split_rows(prepared, s)].sum(axis=0) for s in cols}
+    df = pd.DataFrame(data, index=list(prepared.classes), columns=cols).astype(int)
+    df.index.name = "unknown (masked)"
+    return df[df["total"] > 0]
 
 
 def prevalence_table(prepared: PreparedData) -> pd.DataFrame:
-    """Fraction of images positive for each class (rows) per split (columns) and overall."""
+    """Fraction positive for each class (rows) per split (columns) and overall, among the images
+    whose label for that class is known; "No finding" among all images. NaN where none is known."""
     counts = counts_table(prepared)
-    n = counts.loc["all images"].replace(0, np.nan)
-    return counts.drop(index="all images").div(n, axis=1).round(4)
+    known = ~prepared.unknown()
+    out = counts.drop(index="all images").astype(float)
+    for s in counts.columns:
+        n_known = known[_split_rows(prepared, s)].sum(axis=0).astype(float)
+        out.loc[list(prepared.classes), s] = counts.loc[list(prepared.classes), s].to_numpy() / np.where(
+            n_known > 0, n_known, np.nan
+        )
+        if NO_FINDING in out.index:
+            n = counts.loc["all images", s]
+            out.loc[NO_FINDING, s] = counts.loc[NO_FINDING, s] / n if n else np.nan
+    return out.round(4)
 
 
 def cooccurrence(prepared: PreparedData, normalize: bool = False) -> pd.DataFrame:
     """(C, C) images positive for both classes (diagonal: for the class).
 
-    normalize: row-conditional, cell (i, j) = P(class j | class i), diagonal 1.
+    normalize: row-conditional, cell (i, j) = P(class j | class i) among the class-i positives whose
+    class-j label is known (masked labels are neither), diagonal 1.
     """
-    y = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64)
+    y = prepared.positives()
     co = y.T @ y
     df = pd.DataFrame(co, index=prepared.classes, columns=prepared.classes)
     if normalize:
-        diag = np.diag(co).astype(float)
-        df = df.div(np.where(diag > 0, diag, np.nan), axis=0).round(3)
+        known_j = y.T @ (~prepared.unknown()).astype(np.int64)
+        df = pd.DataFrame(co / np.where(known_j > 0, known_j, np.nan), index=prepared.classes,
+                          columns=prepared.classes).round(3)
     return df
 
 
 def labels_per_image(prepared: PreparedData) -> pd.Series:
-    """Number of images with 0, 1, 2, ... positive labels."""
-    k = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64).sum(axis=1)
+    """Number of images with 0, 1, 2, ... known positive labels."""
+    k = prepared.positives().sum(axis=1)
     return pd.Series(k).value_counts().sort_index().rename_axis("labels").rename("images")
+
+
+def _split_rows(prepared: PreparedData, split: str) -> np.ndarray:
+    """Bool (N,): the rows of ``split`` (every row for ``total``)."""
+    m = prepared.manifest
+    return np.ones(len(m), bool) if split == "total" else (m["split"].astype(str) == split).to_numpy()
+
+
+def _no_finding(prepared: PreparedData) -> np.ndarray:
+    """Bool (N,): images with every label known and none positive."""
+    return (prepared.positives().sum(axis=1) == 0) & ~prepared.unknown().any(axis=1)
 
 
 def images_per_patient(prepared: PreparedData) -> pd.DataFrame:
@@ -182,10 +221,10 @@ def image_means_by_class(prepared: PreparedData, max_per_class: int = 300, seed:
 
 def _class_rows(prepared: PreparedData, max_per_class: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    y = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64)
+    y = prepared.positives()
     groups = {c: np.flatnonzero(y[:, k] > 0) for k, c in enumerate(prepared.classes)}
     if prepared.task == "multilabel":
-        groups[NO_FINDING] = np.flatnonzero(y.sum(axis=1) == 0)
+        groups[NO_FINDING] = np.flatnonzero(_no_finding(prepared))
     return {
         c: (rng.choice(idx, max_per_class, replace=False) if len(idx) > max_per_class else idx)
         for c, idx in groups.items()
@@ -197,7 +236,7 @@ def sample_rows(
 ) -> dict[str, list[int]]:
     """Row indices to show per class: images with boxes (or masks) for that class first, then random."""
     rng = np.random.default_rng(seed)
-    y = prepared.manifest[prepared.classes].to_numpy(dtype=np.int64)
+    y = prepared.positives()
     ids = prepared.manifest["image_id"].astype(str).to_numpy()
     boxed: dict[str, set] = {}
     if prefer_boxes and len(prepared.boxes):
@@ -211,7 +250,7 @@ def sample_rows(
         rest = [i for i in idx if ids[i] not in boxed.get(c, ())]
         out[c] = [int(i) for i in (first + rest)[:n_per_class]]
     if prepared.task == "multilabel":
-        idx = np.flatnonzero(y.sum(axis=1) == 0)
+        idx = np.flatnonzero(_no_finding(prepared))
         rng.shuffle(idx)
         out[NO_FINDING] = [int(i) for i in idx[:n_per_class]]
     return out
@@ -394,6 +433,7 @@ def summary_numbers(prepared: PreparedData) -> dict[str, Any]:
         "least_frequent": str(cls_counts.idxmin()) if len(cls_counts) else None,
         "imbalance_ratio": round(float(nonzero.max() / nonzero.min()), 2) if len(nonzero) else None,
         "absent_classes": [c for c, v in cls_counts.items() if v == 0],
+        "unknown_counts": {c: int(v) for c, v in unknown_table(prepared)["total"].items()},
     }
 
 
@@ -423,12 +463,19 @@ def summary_text(prepared: PreparedData) -> str:
     if s["most_frequent"] is not None:
         lines.append(_class_balance_line(counts, n, s["imbalance_ratio"]))
     if s["no_finding"] is not None:
-        lines.append(f"- {s['no_finding']:,} images ({s['no_finding'] / n:.1%}) have no positive label.")
+        which = "every label known and none positive" if s["unknown_counts"] else "no positive label"
+        lines.append(f"- {s['no_finding']:,} images ({s['no_finding'] / n:.1%}) have {which}.")
+    if s["unknown_counts"]:
+        parts = ", ".join(f"**{c}** {v:,}" for c, v in s["unknown_counts"].items())
+        lines.append(
+            f"- Unknown (masked) labels, counted neither as positive nor as negative and ignored by the loss "
+            f"and the metrics: {parts} images."
+        )
     if s["absent_classes"]:
         lines.append(f"- Classes with no images: {', '.join(s['absent_classes'])}.")
     test = (prepared.manifest["split"].astype(str) == "test").to_numpy()
     if test.any() and len(prepared.classes):
-        y = prepared.manifest.loc[test, prepared.classes].to_numpy(dtype=np.int64).sum(axis=0)
+        y = prepared.positives()[test].sum(axis=0)
         rare = [c for c, v in zip(prepared.classes, y) if v < 10]
         if rare:
             lines.append(
@@ -540,3 +587,69 @@ def read_eda_summary(run_dir: str | Path) -> Optional[dict[str, Any]]:
 
 def _num(v: Any) -> Optional[float]:
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)
+
+
+# ---------------------------------------------------------------- labels from report text (sources with a `report` column)
+
+REPORT_COLUMN = "report"
+_LABEL_WORDS = {1.0: "positive", 0.0: "negated", -1.0: "uncertain"}
+
+
+def report_texts(prepared: PreparedData) -> pd.Series:
+    """The distinct non-empty report texts behind the run's images (the manifest's ``report``
+    column, kept by report-text sources); an empty Series when the source has no report text."""
+    m = prepared.manifest
+    if REPORT_COLUMN not in m.columns:
+        return pd.Series([], dtype=object)
+    texts = m[REPORT_COLUMN].dropna().astype(str).str.strip()
+    return texts[texts != ""].drop_duplicates().reset_index(drop=True)
+
+
+def report_label_counts(texts: pd.Series, rules: Optional[Rules] = None) -> pd.DataFrame:
+    """Per finding (rows): reports labelled ``positive``, ``negated``, ``uncertain``, ``unmentioned``
+    by the report labeler, plus ``mentioned %`` (share of reports that mention the finding at all)."""
+    counts = label_counts(label_reports(texts.tolist(), rules, progress=len(texts) > 5000))
+    n = max(len(texts), 1)
+    counts["mentioned %"] = (100 * (n - counts["unmentioned"]) / n).round(1)
+    return counts
+
+
+def report_label_examples(texts: pd.Series, per_finding: int = 3, max_reports: int = 3000, seed: int = 0,
+                          rules: Optional[Rules] = None) -> pd.DataFrame:
+    """Up to ``per_finding`` example sentences per finding with the label they gave and the trigger
+    that decided it (the cue as written, the hedged/negative phrase, or "positive"), taking
+    positive, negated and uncertain examples in turn so each kind shows where it occurs. Reads a
+    random sample of ``max_reports`` reports. Columns: finding, label, phrase, trigger, sentence."""
+    sample = texts.sample(min(len(texts), max_reports), random_state=seed) if len(texts) else texts
+    found: dict[str, dict[str, list]] = {}
+    for text in sample:
+        for m in explain_report(text, rules):
+            by_label = found.setdefault(m.finding, {})
+            rows = by_label.setdefault(_LABEL_WORDS.get(m.label, "positive"), [])
+            if len(rows) < per_finding and all(r[4] != m.sentence for r in rows):
+                rows.append((m.finding, _LABEL_WORDS.get(m.label, "positive"), m.phrase, m.trigger, m.sentence))
+    out = []
+    for finding in sorted(found, key=_finding_order):
+        queues = [found[finding].get(k, []) for k in ("positive", "negated", "uncertain")]
+        picked = [q[i] for i in range(per_finding) for q in queues if i < len(q)][:per_finding]
+        out += picked
+    return pd.DataFrame(out, columns=["finding", "label", "phrase", "trigger", "sentence"])
+
+
+def report_labels_text(counts: pd.DataFrame, n_reports: int) -> str:
+    """One paragraph for 01: how many reports, the most often positive findings, how many hedged."""
+    findings = counts.drop(index=[i for i in counts.index if i == LABELER_NO_FINDING])
+    top = findings["positive"].sort_values(ascending=False)
+    top = [f"{name} {int(v)}" for name, v in top.items() if v > 0][:5]
+    nf = int(counts.loc[LABELER_NO_FINDING, "positive"]) if LABELER_NO_FINDING in counts.index else 0
+    unc = int(findings["uncertain"].sum())
+    return (f"{n_reports} distinct reports labelled by the rule-based report labeler (14 NIH findings). "
+            f"Most often positive: {', '.join(top) or 'none'}. {unc} uncertain (finding, report) labels "
+            f"(\"possible\", \"cannot exclude\"...). {nf} report{'s have' if nf != 1 else ' has'} no positive or uncertain "
+            "finding (No Finding). "
+            "Unmentioned findings are blank in the labels; how training treats uncertain ones is data.uncertain.")
+
+
+def _finding_order(name: str) -> int:
+    return FINDINGS.index(name) if name in FINDINGS else len(FINDINGS)
+

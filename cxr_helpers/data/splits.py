@@ -44,6 +44,7 @@ def assign_patient_splits(
     n_units = len(uniq)
     cols = [c for c in classes if c in manifest.columns]
     y = manifest[cols].to_numpy(dtype=np.float64) if cols else np.zeros((len(manifest), 0))
+    y = np.nan_to_num(y, nan=0.0)  # an unknown (masked) label stratifies as no positive
     unit_labels = np.zeros((n_units, y.shape[1]))
     np.add.at(unit_labels, codes, y)
     unit_images = np.bincount(codes, minlength=n_units).astype(np.float64)

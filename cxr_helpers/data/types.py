@@ -22,8 +22,10 @@ class SourceData:
     """What a source adapter returns.
 
     manifest: one row per readable image: ``image_id, patient_id, split, source``, one 0/1 column
-        per class (multi-hot for multilabel, one-hot for multiclass), optional ``age, sex, view``
-        and ``path`` (the file to decode; absent for in-memory sources).
+        per class (multi-hot for multilabel, one-hot for multiclass; NaN where the label is unknown:
+        masked, e.g. a finding a pooled source cannot have or an uncertain report mention under
+        ``data.uncertain: masked``), optional ``age, sex, view``, ``report`` (report text, for
+        report-labelled sources) and ``path`` (the file to decode; absent for in-memory sources).
     images: for in-memory sources (synthetic, MedMNIST) a uint8 array (N, H, W) aligned with
         the manifest rows; None for file sources (decoded from ``path`` when the cache is built).
     boxes: ``image_id, label, x, y, w, h`` in the pixel space of the *source* image, with
@@ -90,8 +92,18 @@ class PreparedData:
         return int(self.images.shape[-1])
 
     def labels(self) -> np.ndarray:
-        """(N, C) float32 targets in class order."""
+        """(N, C) float32 targets in class order: 0/1, NaN where unknown (masked)."""
         return self.manifest[self.classes].to_numpy(dtype=np.float32)
+
+    def positives(self) -> np.ndarray:
+        """(N, C) int64 for counting: 1 where the label is a known positive, 0 where it is negative
+        or unknown (never NaN cast to an integer)."""
+        y = self.labels()
+        return (np.nan_to_num(y, nan=0.0) > 0.5).astype(np.int64)
+
+    def unknown(self) -> np.ndarray:
+        """(N, C) bool: True where the label is unknown (masked, NaN)."""
+        return np.isnan(self.labels())
 
     def split_index(self, split: str) -> np.ndarray:
         """Row indices of one split."""

@@ -9,6 +9,10 @@ re-sort: scores are sorted once per class, tied scores pooled once, and AUROC / 
 block of resamples come from cumulative sums of the count matrix (``(B, N)`` float32, processed
 in chunks to bound memory). The same seeded resamples serve every metric, so a macro AUROC and
 its per-class parts are computed on identical draws.
+
+Unknown (masked, NaN) labels: each class ranks only its images with a known label (the others'
+draw counts are never gathered), the rate metrics count known entries only, micro AUROC pools the
+known entries, and the multiclass confusion leaves out rows with an unknown entry.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cxr_helpers.metrics import undefined_reason
+from cxr_helpers.metrics import known, undefined_reason
 
 DEFAULT_CHUNK_ELEMENTS = 8_000_000  # per-chunk size of the (resamples x images) matrix
 
@@ -118,7 +122,7 @@ def bootstrap_samples(
 
     pred_index: (N,) predicted class for the multiclass accuracy/kappa (default: arg-max of P).
 
-    Y: (N, C) 0/1 truth; P: (N, C) scores; groups: (N,) patient ids (None = image bootstrap);
+    Y: (N, C) 0/1 truth (NaN = unknown); P: (N, C) scores; groups: (N,) patient ids (None = image bootstrap);
     thresholds: (C,) operating points for the rate metrics: ``P_decision >= t`` is positive
     (P_decision: e.g. calibrated probabilities; default P). calls: (N, C) bool decisions that
     replace ``P_decision >= t`` when given (``evaluate.thresholds.table_calls``: the run's rule).
@@ -129,23 +133,34 @@ def bootstrap_samples(
     Y = np.asarray(Y, dtype=np.float32)
     P = np.asarray(P, dtype=np.float64)
     n, c = Y.shape
+    ok = known(Y)
     chunk = max(1, chunk_elements // max(n, 1))
-    index = [_RankIndex(P[:, k], Y[:, k]) for k in range(c)]
+    index = [
+        _RankIndex(P[:, k], Y[:, k]) if ok[:, k].all()
+        else _RankIndex(P[ok[:, k], k], Y[ok[:, k], k], np.flatnonzero(ok[:, k]))
+        for k in range(c)
+    ]
     micro_index = None
     if micro and c > 1:
-        micro_index = _RankIndex(P.reshape(-1), Y.reshape(-1), np.repeat(np.arange(n), c))
+        flat_ok = ok.reshape(-1)
+        micro_index = _RankIndex(
+            P.reshape(-1)[flat_ok], Y.reshape(-1)[flat_ok], np.repeat(np.arange(n), c)[flat_ok]
+        )
         micro_chunk = max(1, chunk_elements // max(n * c, 1))
+    Y = np.where(ok, Y, 0.0).astype(np.float32)
+    w_known = ok.astype(np.float32)
     if thresholds is not None or calls is not None:
         Pd = P if P_decision is None else np.asarray(P_decision)
         hit = np.asarray(calls, dtype=bool) if calls is not None else Pd >= np.asarray(thresholds)[None, :]
         pred = hit.astype(np.float32)
-        tp_i, fp_i = Y * pred, (1 - Y) * pred
-        fn_i, tn_i = Y * (1 - pred), (1 - Y) * (1 - pred)
+        tp_i, fp_i = Y * pred, (1 - Y) * pred * w_known
+        fn_i, tn_i = Y * (1 - pred), (1 - Y) * (1 - pred) * w_known
     if multiclass:
         t_idx = Y.argmax(1)
         p_idx = P.argmax(1) if pred_index is None else np.asarray(pred_index)
         pair = np.zeros((n, c * c), dtype=np.float32)
         pair[np.arange(n), t_idx * c + p_idx] = 1.0
+        pair[~ok.all(axis=1)] = 0.0
 
     out: dict[str, list[np.ndarray]] = {}
 

@@ -13,7 +13,9 @@ of ``calibration.json``::
      "per_class": bool, "temperature": {class: T} (multilabel) or T (multiclass),
      "n_bins": int, "test_before": {class: {"ece", "brier"}}, "test_after": {...}}
 
-``applied`` is false when ``eval.calibrate`` is false (fitted for the report only).
+``applied`` is false when ``eval.calibrate`` is false (fitted for the report only). Unknown
+(masked, NaN) labels are left out per class: of each class's fit and ECE/Brier (multilabel), of the
+whole row for a softmax head.
 
 The probabilities decisions are made on (thresholds, findings, galleries) come from ONE helper::
 
@@ -37,6 +39,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, softmax
 
+from cxr_helpers.metrics import known, known_rows, macro_mean
 from cxr_helpers.paths import write_json
 from cxr_helpers.train.predictions import rewrite_probabilities
 
@@ -60,8 +63,10 @@ def _nll_binary(logits: np.ndarray, y: np.ndarray, T: float) -> float:
 
 
 def fit_temperature_binary(logits: np.ndarray, y: np.ndarray) -> float:
-    """One temperature for a sigmoid output: ``logits, y: (N,)``; 1.0 when y has one class only."""
+    """One temperature for a sigmoid output: ``logits, y: (N,)`` (y NaN = unknown, left out); 1.0
+    when the known labels have one class only."""
     y = np.asarray(y, dtype=np.float64)
+    logits, y = np.asarray(logits)[known(y)], y[known(y)]
     if y.size == 0 or y.min() == y.max():
         return 1.0
     res = minimize_scalar(
@@ -71,8 +76,9 @@ def fit_temperature_binary(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_temperature_multiclass(logits: np.ndarray, Y: np.ndarray) -> float:
-    """One temperature for a softmax head: ``logits, Y: (N, C)`` (Y one-hot)."""
-    t = np.asarray(Y).argmax(1)
+    """One temperature for a softmax head: ``logits, Y: (N, C)`` (Y one-hot; rows with NaN left out)."""
+    ok = known_rows(Y)
+    logits, t = np.asarray(logits)[ok], np.asarray(Y)[ok].argmax(1)
     if len(t) == 0:
         return 1.0
 
@@ -99,8 +105,10 @@ def apply_temperature(P: np.ndarray, T: np.ndarray, task: str) -> np.ndarray:
 
 
 def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
-    """Equal-width bins over [0, 1]: ``bin_low, bin_high, count, mean_pred, frac_pos`` (empty bins dropped)."""
+    """Equal-width bins over [0, 1]: ``bin_low, bin_high, count, mean_pred, frac_pos`` (empty bins
+    dropped), over the images whose label ``y`` is known."""
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    y, p = y[known(y)], p[known(y)]
     idx = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
     sp = np.bincount(idx, p, minlength=n_bins)
@@ -120,21 +128,25 @@ def reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pd.Data
 
 def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Optional[float]:
     """Expected calibration error: sum over bins of (bin share) x |observed rate - mean probability|."""
-    if np.asarray(y).size == 0:
+    if not known(y).any():
         return None
     r = reliability_curve(y, p, n_bins)
     return float((r["count"] / r["count"].sum() * (r["frac_pos"] - r["mean_pred"]).abs()).sum())
 
 
 def brier(y: np.ndarray, p: np.ndarray) -> Optional[float]:
-    """Mean squared difference between probability and 0/1 outcome (lower is better)."""
+    """Mean squared difference between probability and 0/1 outcome over known labels (lower is better)."""
     y = np.asarray(y, dtype=np.float64)
-    return float(np.mean((np.asarray(p) - y) ** 2)) if y.size else None
+    ok = known(y)
+    return float(np.mean((np.asarray(p)[ok] - y[ok]) ** 2)) if ok.any() else None
 
 
 def top_label(Y: np.ndarray, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Multiclass reliability as binary: (correct? 0/1, confidence of the arg-max class)."""
-    return (np.asarray(Y).argmax(1) == np.asarray(P).argmax(1)).astype(float), np.asarray(P).max(1)
+    """Multiclass reliability as binary: (correct? 0/1, confidence of the arg-max class), for the
+    rows whose label is known."""
+    ok = known_rows(Y)
+    Y, P = np.asarray(Y)[ok], np.asarray(P)[ok]
+    return (Y.argmax(1) == P.argmax(1)).astype(float), P.max(1)
 
 
 def calibration_table(
@@ -151,15 +163,15 @@ def calibration_table(
             {
                 "class": "top-label",
                 "ece": ece(yc, conf, n_bins),
-                "brier": float(np.mean(((P - Y) ** 2).sum(1))),
+                "brier": float(np.mean(((P - Y) ** 2).sum(1)[known_rows(Y)])) if known_rows(Y).any() else None,
             }
         )
     else:
         rows.append(
             {
                 "class": "mean",
-                "ece": float(np.mean([r["ece"] for r in rows])),
-                "brier": float(np.mean([r["brier"] for r in rows])),
+                "ece": macro_mean([r["ece"] for r in rows]),
+                "brier": macro_mean([r["brier"] for r in rows]),
             }
         )
     return pd.DataFrame(rows)

@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxr_helpers.evaluate.calibration import reliability_curve, top_label
-from cxr_helpers.metrics import at_threshold, auroc, average_precision, undefined_reason
+from cxr_helpers.metrics import at_threshold, auroc, average_precision, known, undefined_reason
 
 
 def _grid(n: int, ncols: int = 4, size: float = 2.6) -> tuple[plt.Figure, np.ndarray]:
@@ -47,12 +47,13 @@ def roc_grid(
     Pd = P if P_decision is None else P_decision
     fig, axes = _grid(len(classes))
     for k, (ax, cls) in enumerate(zip(axes, classes)):
-        y = Y[:, k]
+        ok = known(Y[:, k])
+        y, p, pd_k = Y[ok, k], P[ok, k], Pd[ok, k]
         if undefined_reason(y):
             _undefined(ax, cls, undefined_reason(y))
             continue
-        fpr, tpr, _ = roc_curve(y, P[:, k])
-        op = at_threshold(y, Pd[:, k], thresholds.get(cls, 0.5))
+        fpr, tpr, _ = roc_curve(y, p)
+        op = at_threshold(y, pd_k, thresholds.get(cls, 0.5))
         ax.plot(fpr, tpr, lw=1.3)
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=0.8)
         ax.plot(
@@ -63,7 +64,7 @@ def roc_grid(
             ms=5,
             label=f"t={op['threshold']:.2f}",
         )
-        ax.set_title(f"{cls}  AUROC {auroc(y, P[:, k]):.3f}", fontsize=9)
+        ax.set_title(f"{cls}  AUROC {auroc(y, p):.3f}", fontsize=9)
         ax.set_xlabel("1 - specificity", fontsize=8)
         ax.set_ylabel("sensitivity", fontsize=8)
         ax.legend(fontsize=7, loc="lower right")
@@ -82,12 +83,13 @@ def pr_grid(
     Pd = P if P_decision is None else P_decision
     fig, axes = _grid(len(classes))
     for k, (ax, cls) in enumerate(zip(axes, classes)):
-        y = Y[:, k]
+        ok = known(Y[:, k])
+        y, p, pd_k = Y[ok, k], P[ok, k], Pd[ok, k]
         if not (y > 0.5).any():
             _undefined(ax, cls, "no positives")
             continue
-        prec, rec, _ = precision_recall_curve(y, P[:, k])
-        op = at_threshold(y, Pd[:, k], thresholds.get(cls, 0.5))
+        prec, rec, _ = precision_recall_curve(y, p)
+        op = at_threshold(y, pd_k, thresholds.get(cls, 0.5))
         ax.step(rec, prec, where="post", lw=1.3)
         ax.axhline(float(y.mean()), ls=":", color="grey", lw=0.8)
         if op["ppv"] is not None:
@@ -95,7 +97,7 @@ def pr_grid(
                 op["sensitivity"], op["ppv"], "o", color="crimson", ms=5, label=f"t={op['threshold']:.2f}"
             )
             ax.legend(fontsize=7, loc="upper right")
-        ax.set_title(f"{cls}  AP {average_precision(y, P[:, k]):.3f}", fontsize=9)
+        ax.set_title(f"{cls}  AP {average_precision(y, p):.3f}", fontsize=9)
         ax.set_xlabel("recall (sensitivity)", fontsize=8)
         ax.set_ylabel("precision (PPV)", fontsize=8)
         ax.set_ylim(0, 1.02)
@@ -226,14 +228,25 @@ def gallery_indices(
 ) -> np.ndarray:
     """Rows of the most confident errors: ``fp`` = negatives called positive with the highest p,
     ``fn`` = positives called negative with the lowest p (at most ``k``). ``called``: (N,) bool
-    calls of the run's rule (``evaluate.thresholds.decide``), default ``p >= threshold``."""
-    y = np.asarray(y) > 0.5
+    calls of the run's rule (``evaluate.thresholds.decide``), default ``p >= threshold``. Images
+    whose label is unknown (NaN) are neither."""
+    ok = known(y)
+    y = np.asarray(y, dtype=np.float64) > 0.5
     hit = np.asarray(called, dtype=bool) if called is not None else p >= threshold
     if kind == "fp":
-        idx = np.flatnonzero(~y & hit)
+        idx = np.flatnonzero(~y & hit & ok)
         return idx[np.argsort(-p[idx], kind="mergesort")][:k]
     idx = np.flatnonzero(y & ~hit)
     return idx[np.argsort(p[idx], kind="mergesort")][:k]
+
+
+def truth_caption(labels: np.ndarray, classes: list[str]) -> str:
+    """An image's true labels for a caption: ``true: A, B`` (positives, or ``none``), then
+    ``unknown: C`` for masked (NaN) labels, so a masked finding never reads as absent."""
+    labels = np.asarray(labels, dtype=float)
+    truth = ", ".join(c for c, v in zip(classes, labels) if v > 0.5) or "none"
+    unknown = ", ".join(c for c, v in zip(classes, labels) if np.isnan(v))
+    return f"true: {truth}" + (f"; unknown: {unknown}" if unknown else "")
 
 
 def error_gallery(
@@ -263,8 +276,7 @@ def error_gallery(
             if j < len(idx):
                 i = idx[j]
                 ax.imshow(images[i if rows is None else rows[i]], cmap="gray", vmin=0, vmax=255)
-                truth = ", ".join(c for c, v in zip(classes, Y[i]) if v > 0.5) or "none"
-                ax.set_title(textwrap.fill(f"p={P[i, r]:.2f} true: {truth}", 26), fontsize=6)
+                ax.set_title(textwrap.fill(f"p={P[i, r]:.2f} {truth_caption(Y[i], classes)}", 26), fontsize=6)
         axes[r, 0].text(
             -0.1,
             0.5,

@@ -46,6 +46,7 @@ from cxr_helpers.metrics import (
     fmt,
     fmt_ci,
     headline_auroc,
+    known,
     macro_mean,
     multiclass_summary,
     multilabel_summary,
@@ -74,7 +75,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """The metrics.json dict for the test split.
 
-    Y: (N, C) 0/1; P: (N, C) probabilities for ranking metrics (AUROC, AP); P_decision: the
+    Y: (N, C) 0/1, NaN where unknown (masked: left out of that class's metrics); P: (N, C) probabilities for ranking metrics (AUROC, AP); P_decision: the
     probabilities decisions are made on (calibrated ones; default P), by the task's rule
     (``evaluate.thresholds.decide``). Bootstraps patients when a patient has several images, else images.
     """
@@ -93,11 +94,12 @@ def evaluate(
     per_class: dict[str, Any] = {}
     for k, cls in enumerate(classes):
         y = Y[:, k]
+        n_known = int(known(y).sum())
         counts = binary_counts(y, calls[:, k])
         op = {**counts, **rates_from_counts(counts)}
         entry: dict[str, Any] = {
             "n_pos": int((y > 0.5).sum()),
-            "prevalence": float(y.mean()) if n else None,
+            "prevalence": float(np.nanmean(y)) if n_known else None,
             "auroc": class_ci(auroc(y, P[:, k]), S["auroc"][:, k], y, level),
             "ap": class_ci(average_precision(y, P[:, k]), S["ap"][:, k], y, level),
             "threshold": float(thr[k]),
@@ -105,8 +107,10 @@ def evaluate(
         }
         for m in RATE_METRICS:
             entry[m] = ci(op[m], S[m][:, k], level, reason=_rate_reason(m, op))
+        if n_known < n:
+            entry["n_unknown"] = n - n_known
         if undefined_reason(y):
-            entry["note"] = undefined_reason(y)
+            entry["note"] = f"{undefined_reason(y)}: not computable, left out of the macro mean"
         per_class[cls] = entry
     head = headline_auroc(Y, P, task)
     binary = task == "multiclass" and c == 2
@@ -188,6 +192,9 @@ def per_class_frame(metrics: dict[str, Any]) -> pd.DataFrame:
             }
         )
     df = pd.DataFrame(rows)
+    unknown = [e.get("n_unknown", 0) for e in metrics["per_class"].values()]
+    if any(unknown):
+        df.insert(2, "unknown labels", unknown)
     return df.rename(columns={"sensitivity": "sens", "specificity": "spec", "ppv": "PPV", "npv": "NPV"})
 
 

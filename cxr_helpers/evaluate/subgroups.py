@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.evaluate.bootstrap import bootstrap_samples, ci, headline_samples
-from cxr_helpers.metrics import auroc, headline_auroc, keep_none
+from cxr_helpers.metrics import auroc, headline_auroc, keep_none, known
 
 MIN_IMAGES = 10  # smaller subgroups are listed but not scored
 
@@ -51,7 +51,7 @@ def subgroup_table(
     """One row per (attribute, level): ``n_images, n_patients, auroc, ci_low, ci_high``, per-class
     ``auroc_<class>`` and ``prev_<class>`` (prevalence: findings that correlate with age or view show here).
 
-    Y, P: (N, C) test truth and probabilities aligned with ``attrs`` rows. ``gap_to_best`` is the
+    Y, P: (N, C) test truth (NaN = unknown: left out per class) and probabilities aligned with ``attrs`` rows. ``gap_to_best`` is the
     best level's AUROC of the same attribute minus this one's; ``largest_gap`` marks the worst
     level of the attribute whose best-worst gap is largest.
     """
@@ -90,7 +90,8 @@ def subgroup_table(
             for k, cls in enumerate(classes):
                 row[f"auroc_{cls}"] = auroc(Y[m, k], P[m, k]) if n >= MIN_IMAGES else None
             for k, cls in enumerate(classes):
-                row[f"prev_{cls}"] = float(Y[m, k].mean())
+                yk = Y[m, k][known(Y[m, k])]
+                row[f"prev_{cls}"] = float(yk.mean()) if yk.size else None
             rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -147,6 +148,8 @@ def prevalence_summary(df: pd.DataFrame, classes: list[str], top: int = 3) -> li
             continue
         for cls in classes:
             col = g[f"prev_{cls}"].astype(float)
+            if col.notna().sum() < 2:
+                continue
             hi, lo = g.loc[col.idxmax()], g.loc[col.idxmin()]
             found.append((float(col.max() - col.min()), attr, cls, hi, lo))
     found.sort(key=lambda t: -t[0])

@@ -48,7 +48,7 @@ import pandas as pd
 
 from cxr_helpers.evaluate.calibration import FILE_NAME as CALIBRATION_FILE
 from cxr_helpers.evaluate.calibration import CalibrationRecord
-from cxr_helpers.metrics import at_threshold, undefined_reason
+from cxr_helpers.metrics import at_threshold, known, undefined_reason
 from cxr_helpers.paths import write_json
 
 POLICIES = ("youden", "max_f1", "sensitivity")
@@ -79,14 +79,15 @@ def choose_threshold(
 ) -> tuple[float, str]:
     """Threshold for one class and a note; ``(0.5, reason)`` when validation cannot define one.
 
-    y: (N,) 0/1 validation truth; scores: (N,) validation probabilities.
+    y: (N,) 0/1 validation truth (NaN = unknown, left out); scores: (N,) validation probabilities.
     """
     if policy not in POLICIES:
         raise ThresholdError(
             f"eval.threshold_policy: unknown policy '{policy}' (use one of {', '.join(POLICIES)})"
         )
-    y = np.asarray(y) > 0.5
-    scores = np.asarray(scores, dtype=np.float64)
+    ok = known(y)
+    y = np.asarray(y, dtype=np.float64)[ok] > 0.5
+    scores = np.asarray(scores, dtype=np.float64)[ok]
     reason = undefined_reason(y)
     if reason is not None:
         return DEFAULT_THRESHOLD, f"{reason} in validation: default {DEFAULT_THRESHOLD}"

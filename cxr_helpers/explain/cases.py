@@ -17,6 +17,7 @@ from cxr_helpers.data.types import PreparedData
 from cxr_helpers.evaluate.thresholds import decide, threshold_record
 from cxr_helpers.explain.cam import compute_cams
 from cxr_helpers.explain.localization import box_mask
+from cxr_helpers.metrics import known
 from cxr_helpers.model.inference import Classifier
 
 
@@ -70,9 +71,10 @@ def truth_for(
 
 
 def localization_cases(data: PreparedData, split: str, max_per_class: int, seed: int = 0) -> Cases:
-    """Positive images of each class in ``split`` that have a mask or box for it (at most ``max_per_class``)."""
+    """Known-positive images of each class in ``split`` that have a mask or box for it (at most
+    ``max_per_class``); an image whose label is unknown (masked) is never taken as a positive."""
     rows_split = data.split_index(split)
-    y = data.labels()
+    y = data.positives()
     rng = np.random.default_rng(seed)
     size = data.image_size
     kind = "masks" if data.masks is not None else ("boxes" if len(data.boxes) else "none")
@@ -81,7 +83,7 @@ def localization_cases(data: PreparedData, split: str, max_per_class: int, seed:
     boxed_ids = set(data.boxes["image_id"]) if kind == "boxes" else None
     rows, cls, truth, boxes = [], [], [], []
     for k, name in enumerate(data.classes):
-        cand = rows_split[y[rows_split, k] > 0.5]
+        cand = rows_split[y[rows_split, k] > 0]
         if boxed_ids is not None:
             ids = data.manifest["image_id"].to_numpy()[cand]
             lab = set(data.boxes.loc[data.boxes["label"] == name, "image_id"])
@@ -114,15 +116,18 @@ def select_cases(
 ) -> dict[str, np.ndarray]:
     """Row indices for class ``k``: the ``n`` most confident true positives, false positives and false negatives.
 
-    y_true: (N, C) 0/1; probs: (N, C) in [0, 1]; predicted: optional (N,) bool calls for class ``k``
+    y_true: (N, C) 0/1, NaN where unknown (masked: such an image is neither right nor wrong for
+    class ``k`` and is never picked); probs: (N, C) in [0, 1]; predicted: optional (N,) bool calls for class ``k``
     (the run's rule, ``evaluate.thresholds.decide``), else ``probs[:, k] >= threshold``. TP and FP are sorted by probability
     (highest first), FN by probability (lowest first: the most confidently missed).
     """
-    y, p = np.asarray(y_true)[:, k] > 0.5, np.asarray(probs)[:, k]
+    truth = np.asarray(y_true, dtype=np.float64)[:, k]
+    ok, p = known(truth), np.asarray(probs)[:, k]
+    y = ok & (np.nan_to_num(truth) > 0.5)
     pred = np.asarray(predicted, dtype=bool) if predicted is not None else p >= threshold
     order = np.argsort(-p, kind="stable")
     tp = order[(y & pred)[order]][:n]
-    fp = order[(~y & pred)[order]][:n]
+    fp = order[(ok & ~y & pred)[order]][:n]
     fn = order[::-1][(y & ~pred)[order[::-1]]][:n]
     return {"true positives": tp, "false positives": fp, "false negatives": fn}
 

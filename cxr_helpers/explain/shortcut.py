@@ -30,9 +30,11 @@ from cxr_helpers.data.types import PreparedData
 from cxr_helpers.explain.cam import METHOD_LABELS, compute_cams
 from cxr_helpers.explain.localization import dilate, energy_inside, pointing_hits
 from cxr_helpers.explain.report import describe_training, load_cam_model
+from cxr_helpers.metrics import known
 from cxr_helpers.model.backbones import create_model
 from cxr_helpers.model.inference import Classifier, Preprocess
 from cxr_helpers.paths import resolve_path
+from cxr_helpers.train.losses import SoftmaxCE, WeightedBCE
 
 
 def shortcut_scores(
@@ -91,14 +93,16 @@ def quick_train(
 ) -> torch.nn.Module:
     """Train ``model`` in place with Adam for a few epochs, no augmentation; returns it in eval mode.
 
-    images: uint8 (N, S, S); labels: (N, C) 0/1 (multiclass: one-hot); preprocess: the input
-    normalisation (float32, no autocast). The same recipe for every
-    model it trains, which is what makes a with/without comparison fair; it is not the run's recipe.
+    images: uint8 (N, S, S); labels: (N, C) 0/1 (multiclass: one-hot), NaN where unknown (left out
+    of the loss, as in training: ``train.losses``); preprocess: the input normalisation (float32, no
+    autocast). The same recipe for every model it trains, which is what makes a with/without
+    comparison fair; it is not the run's recipe.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.float32)
+    y = torch.from_numpy(np.array(labels, dtype=np.float32))
+    loss_fn = SoftmaxCE() if task == "multiclass" else WeightedBCE()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = range(epochs)
     if progress:
@@ -109,11 +113,7 @@ def quick_train(
         for s in range(0, len(perm), batch_size):
             b = np.sort(perm[s : s + batch_size])
             out = model(preprocess(images[b], device))
-            yb = y[b].to(device)
-            if task == "multiclass":
-                loss = torch.nn.functional.cross_entropy(out, yb.argmax(1))
-            else:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(out, yb)
+            loss = loss_fn(out, y[b].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,9 +184,11 @@ def confounded_cases(data: PreparedData, k: int, split: str, max_images: int) ->
 
 
 def negative_rows(data: PreparedData, k: int, split: str, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``split`` WITHOUT class ``k``: (with the device, without it), at most ``n`` each."""
+    """Rows of ``split`` known NOT to have class ``k`` (unknown labels left out): (with the device,
+    without it), at most ``n`` each."""
     test = data.split_index(split)
-    neg = ~(data.labels()[test, k] > 0.5)
+    y = data.labels()[test, k]
+    neg = known(y) & ~(np.nan_to_num(y) > 0.5)
     has_dev = device_masks(data.masks[test], len(data.classes)).reshape(len(test), -1).any(1)
     return test[neg & has_dev][:n], test[neg & ~has_dev][:n]
 

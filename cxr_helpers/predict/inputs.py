@@ -1,15 +1,17 @@
 """The reading side of 05_predict and ``cxr predict``: which files, decoded and prepared as in training.
 
-A new file goes through exactly what a training image went through: decode with
-``imageio.read_image``, then ``data.geometry.preprocess_image`` at the checkpoint's size, aspect and
-CLAHE setting. A file that cannot be read is listed with its one-line reason, never a crash.
+A new file (a path, or uploaded bytes) goes through exactly what a training image went through
+(``read_input``): decode with ``imageio.read_image_with_header``, then
+``data.geometry.preprocess_image`` at the checkpoint's size, aspect and CLAHE setting. A file that cannot be read is listed with its one-line reason, never a crash.
 A file whose DICOM header says it is no frontal chest radiograph (CT/MR/... modality, another body
-part, a lateral view) is still predicted, with a warning per problem (``header_warnings``).
+part, a lateral view) is still predicted, with a warning per problem (``predict.quality.image_warnings``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +20,11 @@ import pandas as pd
 
 from cxr_helpers.config import DataConfig
 from cxr_helpers.data.geometry import preprocess_image
-from cxr_helpers.data.imageio import ImageHeader, ImageReadError, header_problems, read_header, read_image
+from cxr_helpers.data.imageio import (
+    ImageHeader,
+    ImageReadError,
+    read_image_with_header,
+)
 from cxr_helpers.paths import resolve_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -63,69 +69,67 @@ def collect_files(inputs: Sequence[str | Path]) -> tuple[list[Path], pd.DataFram
     return unique, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
 
 
-def load_images(
-    files: Sequence[Path],
-    data: DataConfig,
-    max_images: Optional[int] = None,
-    reader: Callable[[Path], np.ndarray] = read_image,
-    prepare_fn: Callable[..., np.ndarray] = preprocess_image,
-) -> tuple[np.ndarray, list[Path], pd.DataFrame]:
-    """Decode and prepare each file exactly like the training cache.
+@dataclass
+class PreparedInput:
+    """One file read and prepared like a training image.
 
-    Returns (images uint8 (N, S, S), the N files kept, skipped ``path, reason``). A file that
-    fails to decode or prepare is skipped with its one-line reason; files beyond ``max_images``
-    are skipped as such.
+    image: uint8 (S, S), what the model sees; header: what the file's header says;
+    source_shape: (height, width) of the decoded file before preparation.
     """
+
+    image: np.ndarray
+    header: ImageHeader
+    source_shape: tuple[int, int]
+
+
+def read_input(source: str | Path | bytes, name: str, data: DataConfig) -> PreparedInput:
+    """Decode ``source`` (a path, or the bytes of a file called ``name``: PNG, JPEG, DICOM, ...) with
+    ``imageio.read_image_with_header`` and prepare it with ``geometry.preprocess_image`` at ``data``'s
+    size, aspect and CLAHE setting. MONOCHROME1 DICOMs come out the right way up (imageio's rule).
+
+    Bytes are decoded from a temporary file named like ``name`` (its suffix tells PNG from DICOM),
+    removed again at once. Raises ImageReadError with one line that names ``name`` when the file
+    cannot be decoded or prepared.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        suffix = "".join(ch for ch in Path(name).suffix if ch.isalnum() or ch == ".")[:12]
+        with tempfile.TemporaryDirectory(prefix="cxr-upload-") as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            path.write_bytes(bytes(source))
+            try:
+                return read_input(path, name, data)
+            except ImageReadError as exc:
+                raise ImageReadError(str(exc).replace(str(path), name)) from None
+    path = Path(source)
+    arr, header = read_image_with_header(path)
+    try:
+        img = np.asarray(preprocess_image(arr, data))
+    except Exception as exc:  # noqa: BLE001 - any preparation failure is this file's one-line reason
+        raise ImageReadError(f"{name}: cannot prepare ({one_line(exc)})") from None
     size = int(data.image_size)
-    out: list[np.ndarray] = []
-    kept: list[Path] = []
-    skipped: list[dict[str, str]] = []
-    for i, f in enumerate(files):
-        if max_images is not None and i >= max_images:
-            skipped.append({"path": str(f), "reason": f"beyond predict.max_images={max_images}"})
-            continue
-        try:
-            img = np.asarray(prepare_fn(reader(f), data))
-        except Exception as exc:  # any unreadable file is reported, never fatal
-            skipped.append({"path": str(f), "reason": one_line(exc, f)})
-            continue
-        if img.shape != (size, size) or img.dtype != np.uint8:
-            skipped.append(
-                {"path": str(f), "reason": f"prepared to {img.shape} {img.dtype}, expected ({size}, {size}) uint8"}
-            )
-            continue
-        out.append(img)
-        kept.append(Path(f))
-    images = np.stack(out) if out else np.zeros((0, size, size), np.uint8)
-    return images, kept, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+    if img.shape != (size, size) or img.dtype != np.uint8:
+        raise ImageReadError(f"{name}: prepared to {img.shape} {img.dtype}, expected ({size}, {size}) uint8")
+    return PreparedInput(img, header, (int(arr.shape[0]), int(arr.shape[1])))
 
 
-def one_line(exc: BaseException, path: Optional[Path] = None) -> str:
-    """First line of an error, without a leading ``<path>: `` (the table has a path column)."""
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    if path is not None and msg.startswith(f"{path}: "):
-        msg = msg[len(f"{path}: ") :]
+def one_line(exc: BaseException, path: Optional[str | Path] = None) -> str:
+    """First line of an error, without a leading ``<path>: `` (the table has a path column; both
+    the name as given, e.g. ``./x.png``, and its normalised form are stripped, before any newline
+    in the name could split the line)."""
+    text = str(exc).strip()
+    if path is not None:
+        for prefix in dict.fromkeys((f"{path}: ", f"{Path(path)}: ")):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+    lines = text.splitlines()
+    msg = lines[0] if lines else ""
     if type(exc).__name__ in ("ImageReadError", "CacheError") and msg:
         return msg
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-def header_warnings(
-    files: Sequence[Path], reader: Callable[[Path], ImageHeader] = read_header
-) -> pd.DataFrame:
-    """One row per header problem of each file: ``path``, ``check`` (modality | body_part | lateral,
-    as in ``data.image_checks``) and ``warning`` (one line). Training keeps such images out; here
-    they are predicted, and the warning says why their findings deserve doubt. PNG/JPEG headers
-    say nothing, so they get no rows; a header that cannot be read is left to ``load_images``.
-    """
-    rows = []
-    for f in files:
-        try:
-            problems = header_problems(reader(f))
-        except ImageReadError:
-            continue
-        for check, reason in problems.items():
-            warning = f"{reason}; the model was trained on frontal chest radiographs"
-            rows.append({"path": str(f), "check": check, "warning": warning})
-    return pd.DataFrame(rows, columns=WARNING_COLUMNS)
+def printable_name(name: str) -> str:
+    """``name`` with control characters escaped (a newline becomes ``\\n``), so a file name can
+    never break a one-line message."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))

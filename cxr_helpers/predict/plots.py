@@ -55,7 +55,8 @@ def plot_predictions(
     """One row per image: the prepared image, the probability bars, then any CAM overlays.
 
     images: uint8 (N, S, S); probs: (N, C) floats in [0, 1]; thresholds: (C,) ticks, or None;
-    cams: per image a list of (class name, float (S, S) map in [0, 1]) or None;
+    cams: per image a list of (class name, float (S, S) map in [0, 1], or a uint8 (S, S, 3)
+    overlay already blended) or None;
     calls: (N, C) bool, what the rule calls (default ``probs >= thresholds``).
     """
     n = len(images)
@@ -85,7 +86,11 @@ def plot_predictions(
             if j >= len(maps):
                 continue
             name, cam_map = maps[j]
-            overlay(ax, images[i], cam=cam_map, title=f"{cam_label}: {name}")
+            if np.asarray(cam_map).ndim == 3:  # an RGB overlay made by predict.single
+                ax.imshow(cam_map, interpolation="nearest")
+                ax.set_title(f"{cam_label}: {name}", fontsize=7)
+            else:
+                overlay(ax, images[i], cam=cam_map, title=f"{cam_label}: {name}")
     if n == 0:
         for ax in axes[0]:
             ax.axis("off")

@@ -33,6 +33,7 @@ from cxr_helpers.model.checkpoint import ModelMeta
 from cxr_helpers.model.inference import Classifier, load_model
 from cxr_helpers.paths import resolve_path
 from cxr_helpers.runtime import ThreadChoice, apply_threads
+from cxr_helpers.train.reference import Reference, read_reference
 
 RESEARCH_NOTE = (
     "Research use only: these outputs are model scores for method development, not a diagnosis, "
@@ -53,6 +54,10 @@ class Predictor:
     rules: ``thresholds.json`` (per-class thresholds in class order); calibration: ``calibration.json``.
     warnings: one line each (missing thresholds, thresholds fitted on other probabilities).
     threads: the CPU thread count in force and why (``runtime.apply_threads``; None in tests).
+    reference: what the training images and validation scores looked like (``train.reference``;
+    None for runs trained before it existed), reference_note: one line saying which.
+    cam_method / target_layer: how overlays are made (``predict.cam_method`` and
+    ``cam.target_layer`` of the config given to ``load_predictor``, else of the run's own config).
     """
 
     classifier: Optional[Classifier]
@@ -64,6 +69,10 @@ class Predictor:
     run_dir: Optional[Path] = None
     warnings: list[str] = field(default_factory=list)
     threads: Optional[ThreadChoice] = None
+    reference: Optional[Reference] = None
+    reference_note: str = "no reference statistics loaded"
+    cam_method: str = "gradcam"
+    target_layer: Optional[str] = None
 
     @property
     def meta(self) -> Optional[ModelMeta]:
@@ -149,6 +158,8 @@ def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -
     clf = load_model(run_dir, device)
     threads = apply_threads(cfg.train.threads if cfg is not None else None, clf.device)
     rules, calibration, notes = decision_rules(run_dir, clf.classes, clf.task)
+    reference, reference_note = read_reference(run_dir)
+    cam_cfg = cfg if cfg is not None else (clf.meta.config if clf.meta is not None else None)
     return Predictor(
         classifier=clf,
         classes=clf.classes,
@@ -159,4 +170,8 @@ def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -
         run_dir=run_dir,
         warnings=notes,
         threads=threads,
+        reference=reference,
+        reference_note=reference_note,
+        cam_method=cam_cfg.predict.cam_method if cam_cfg is not None else "gradcam",
+        target_layer=cam_cfg.cam.target_layer if cam_cfg is not None else None,
     )

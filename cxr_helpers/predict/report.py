@@ -20,10 +20,9 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from cxr_helpers.data.cache import prepare
 from cxr_helpers.data.imageio import read_image
 from cxr_helpers.data.types import PreparedData
-from cxr_helpers.evaluate.thresholds import decide, threshold_record
-from cxr_helpers.explain.cam import METHOD_LABELS, compute_cams
+from cxr_helpers.explain.cam import METHOD_LABELS
 from cxr_helpers.predict.findings import PredictionResult
-from cxr_helpers.predict.inputs import one_line, resolve_inputs
+from cxr_helpers.predict.inputs import resolve_inputs
 from cxr_helpers.predict.plots import plot_predictions
 from cxr_helpers.predict.predictor import RESEARCH_NOTE, Predictor
 
@@ -32,12 +31,14 @@ DEMO_LABELS = "labels.csv"
 
 def demo_rows(prepared: PreparedData, split: str = "test", n: int = 4) -> list[int]:
     """``n`` rows of ``split`` (all rows when the split is empty) that cover as many label sets as
-    possible: rows are grouped by their first true class ("none" without one), groups in order of
-    first appearance, and taken one per group in turn, in split order within a group."""
+    possible: rows are grouped by their first known positive class ("none" without one), groups in
+    order of first appearance, and taken one per group in turn, in split order within a group.
+    Rows whose labels are all known come first, so a demo's truth is complete where it can be."""
     idx = prepared.split_index(split)
     if len(idx) == 0:
         idx = np.arange(len(prepared.images))
-    Y = prepared.manifest[prepared.classes].to_numpy()[idx] > 0.5
+    idx = idx[np.argsort(prepared.unknown()[idx].any(axis=1), kind="stable")]
+    Y = prepared.positives()[idx] > 0
     keys = np.where(Y.any(1), Y.argmax(1), -1)
     groups = [list(idx[keys == key]) for key in dict.fromkeys(keys.tolist())]
     rows: list[int] = []
@@ -95,15 +96,22 @@ def write_demo_inputs(
         write_dicom(first_pixels, p)
         paths.append(p)
         rows.append(rows[0])
-    truth = manifest[prepared.classes].to_numpy()[rows] > 0.5
     labels = pd.DataFrame(
         {
             "path": [str(p.resolve()) for p in paths],
-            "truth": ["|".join(c for c, hit in zip(prepared.classes, t) if hit) or "(none)" for t in truth],
+            "truth": [_truth_text(prepared, r) for r in rows],
         }
     )
     labels.to_csv(out_dir / DEMO_LABELS, index=False)
     return paths
+
+
+def _truth_text(prepared: PreparedData, row: int) -> str:
+    """The known positives of one row, ``A|B`` or ``(none)``, plus ``(unknown: C, D)`` for its
+    masked labels, so an unknown label never reads as absent."""
+    known = "|".join(c for c, hit in zip(prepared.classes, prepared.positives()[row]) if hit) or "(none)"
+    unknown = [c for c, u in zip(prepared.classes, prepared.unknown()[row]) if u]
+    return known + (f" (unknown: {', '.join(unknown)})" if unknown else "")
 
 
 def demo_labels(run_dir: str | Path) -> Optional[pd.DataFrame]:
@@ -138,59 +146,6 @@ def write_dicom(image: np.ndarray, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------- Grad-CAM for the report
-
-
-def cam_classes(probs: np.ndarray, thresholds: np.ndarray, task: str, max_cams: int = 2) -> list[int]:
-    """Classes to explain for one image (probs: (C,)): the classes the run's rule calls
-    (``evaluate.thresholds.decide``; multiclass: the predicted class) by falling probability, at
-    most ``max_cams``; the top class when none is called."""
-    probs = np.asarray(probs, dtype=float)
-    called = decide(probs[None, :], threshold_record(thresholds, [str(k) for k in range(len(probs))], task))[0]
-    order = [int(k) for k in np.argsort(-probs, kind="stable") if called[k]]
-    return order[:max_cams] if order else [int(probs.argmax())]
-
-
-def prediction_cams(
-    predictor: Predictor,
-    result: PredictionResult,
-    method: str = "gradcam",
-    max_images: int = 8,
-    max_cams: int = 2,
-    target_layer: Optional[str] = None,
-) -> tuple[Optional[list[list[tuple[str, np.ndarray]]]], str]:
-    """CAM maps for the predicted findings of the first ``max_images`` images.
-
-    Returns (per image a list of (label, float (S, S) map in [0, 1]), note). The maps are None
-    with the reason as note when no target layer works: a report without overlays is still a report.
-    """
-    n = min(max_images, len(result.images))
-    if n == 0:
-        return None, "no images to explain"
-    clf = predictor.classifier
-    pairs = [
-        (i, k)
-        for i in range(n)
-        for k in cam_classes(result.probs[i], predictor.thresholds, predictor.task, max_cams)
-    ]
-    idx_img = np.array([i for i, _ in pairs])
-    idx_cls = np.array([k for _, k in pairs])
-    try:
-        maps = compute_cams(
-            clf.model, result.images[idx_img], idx_cls, method=method, preprocess=clf.preprocess,
-            target_layer=target_layer,
-        )
-    except Exception as exc:  # a report without overlays beats no report
-        return None, f"Grad-CAM skipped: {one_line(exc)}"
-    out: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(n)]
-    for (i, k), cam_map in zip(pairs, maps):
-        name = predictor.classes[k]
-        below = predictor.task != "multiclass" and result.probs[i, k] < predictor.thresholds[k]
-        out[i].append((f"{name}{' (below thr.)' if below else ''}", cam_map))
-    label = METHOD_LABELS.get(method, method)
-    return (
-        out,
-        f"{label} maps for each image's positive findings (top class when none), target = that class's logit",
-    )
 
 
 # ---------------------------------------------------------------- notebook helpers
@@ -284,13 +239,26 @@ def report_table(
     return out.round(digits)
 
 
+def panel_overlays(predictor: Predictor, result: PredictionResult, n: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Per image of the first ``n``: (label, uint8 (S, S, 3) overlay) from ``result.overlays``
+    (``single.predict_files``), labelled ``(below thr.)`` where the class is shown without being called."""
+    out = []
+    for i, maps in enumerate(result.overlays[:n]):
+        called = {c: bool(result.table[f"pos_{c}"].iloc[i]) for c in predictor.classes}
+        out.append([(f"{c}{'' if called[c] else ' (below thr.)'}", rgb) for c, rgb in maps.items()])
+    return out
+
+
 def report_panels(predictor: Predictor, result: PredictionResult, cfg: Any) -> tuple[Any, str]:
-    """The per-image figure (image, probability bars vs thresholds, CAM overlays) and a note on CAMs."""
+    """The per-image figure (image, probability bars vs thresholds, CAM overlays) and a note on CAMs.
+    Overlays come with the predictions (``findings.predict_files(cam_images=...)``)."""
     n = min(cfg.predict.max_panels, len(result.table))
     cams, note = None, "Grad-CAM off (predict.cam: false)"
     if cfg.predict.cam:
-        cams, note = prediction_cams(
-            predictor, result, method=cfg.predict.cam_method, max_images=n, target_layer=cfg.cam.target_layer
+        cams = panel_overlays(predictor, result, n) if result.overlays else None
+        label = METHOD_LABELS.get(cfg.predict.cam_method, cfg.predict.cam_method)
+        note = "; ".join(result.notes) or (
+            f"{label} maps for each image's called findings (top class when none), target = that class's logit"
         )
     table = result.table.iloc[:n]
     if "predicted" in table:
@@ -304,6 +272,17 @@ def report_panels(predictor: Predictor, result: PredictionResult, cfg: Any) -> t
     if n < len(result.table):
         note += f" Showing the first {n} of {len(result.table)} images (predict.max_panels)."
     return fig, note
+
+
+def batch_markdown(result: PredictionResult, predictor: Predictor) -> str:
+    """Markdown: which reference the batch was compared with, then the batch's sentences
+    (``single.batch_summary``: shift verdict first, in bold when the batch differs)."""
+    lines = [f"- Reference: {predictor.reference_note}"]
+    if result.batch is not None:
+        for k, sentence in enumerate(result.batch.sentences):
+            bold = k == 0 and result.batch.shift.differs
+            lines.append(f"- **{sentence}**" if bold else f"- {sentence}")
+    return "\n".join(lines)
 
 
 def tick_thresholds(predictor: Predictor) -> Optional[np.ndarray]:

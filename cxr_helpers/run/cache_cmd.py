@@ -22,7 +22,7 @@ from cxr_helpers.data.cache_admin import (
     remove_cache,
     why_kept,
 )
-from cxr_helpers.paths import project_root, resolve_path
+from cxr_helpers.paths import outputs_root, resolve_path
 from cxr_helpers.run.index_pages import known_run_dirs
 from cxr_helpers.run.lock import live_holder
 
@@ -67,7 +67,7 @@ def cache_command(
     unused ones after a yes (``yes`` skips the question; without a terminal it must be given).
     Returns the exit code."""
     root = resolve_path(cache_dir or "outputs/.cache")
-    runs = known_runs(project_root() / "outputs", extra_runs)
+    runs = known_runs(outputs_root(), extra_runs)
     entries = list_caches(root, runs)
     if not entries:
         out(f"no prepared caches in {root}")
@@ -91,7 +91,7 @@ def cache_command(
             return 0
     freed = 0
     for e in unused:
-        runs_now = known_runs(project_root() / "outputs", extra_runs)  # re-check just before deleting:
+        runs_now = known_runs(outputs_root(), extra_runs)  # re-check just before deleting:
         again = next((f for f in list_caches(root, runs_now) if f.path == e.path), None)  # a run may have started
         if again is None or why_kept(again, days, runs_now) is not None:
             out(f"kept {e.path}: in use since the listing")

@@ -1,6 +1,10 @@
 """The ``cxr`` command: ``cxr run`` (notebook chain), ``cxr train`` (training without a notebook,
 for torchrun and clusters), ``cxr predict`` (findings for new image files), ``cxr cache`` (prepared
-data caches: list, prune).
+data caches: list, prune), ``cxr sweep`` (many runs and 06_compare), ``cxr labels`` (labels from
+report text) and ``cxr app`` (the upload page).
+
+The last three keep their arguments and work in their own modules (``run.sweep_cmd``,
+``run.labels_cmd``, ``run.app_cmd``), which import nothing heavy at module level.
 
 Every failure is one line on stderr and a non-zero exit: usage and input errors (bad config key,
 missing file, a model that cannot be used) exit 2; a failed notebook exits 1 after its report and
@@ -17,6 +21,7 @@ from typing import Optional
 
 from cxr_helpers.config import ConfigError
 from cxr_helpers.paths import DiskWriteError
+from cxr_helpers.run import app_cmd, labels_cmd, sweep_cmd
 from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
 
 
@@ -64,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="remove caches no known run refers to and not used for --days days")
     p_cache.add_argument("--days", type=float, default=30.0, help="unused for this many days (default 30)")
     p_cache.add_argument("--yes", action="store_true", help="do not ask before removing")
+
+    sweep_cmd.add_arguments(sub.add_parser("sweep", help="one run per grid point / search trial, then 06_compare"))
+    labels_cmd.add_arguments(sub.add_parser("labels", help="label radiology reports with the 14 NIH findings"))
+    app_cmd.add_arguments(sub.add_parser("app", help="serve the upload-and-predict page for a trained run"))
     return parser
 
 
@@ -109,22 +118,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from cxr_helpers.predict.findings import predict_cli
 
     table = predict_cli(args.run_dir, args.inputs, out_csv=args.csv, out_dir=args.out, overwrite=args.overwrite)
     if len(table) == 0:
         print("cxr predict: no readable image among the inputs (see the skipped lines above)", file=sys.stderr)
         return 1
-    with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(table.to_string(index=False))
     return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "train": _cmd_train, "predict": _cmd_predict, "cache": _cmd_cache}
+    handlers = {"run": _cmd_run, "train": _cmd_train, "predict": _cmd_predict, "cache": _cmd_cache,
+                "sweep": sweep_cmd.command, "labels": labels_cmd.command, "app": app_cmd.command}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

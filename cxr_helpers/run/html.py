@@ -1,6 +1,7 @@
 """Executed notebook -> one self-contained HTML file a reviewer opens from disk.
 
-Images are already base64 in the notebook outputs; attachments are embedded too. Code cells
+Images are already base64 in the notebook outputs; attachments are embedded too; nothing is
+loaded from the network (the template's CDN scripts and the widget state are left out). Code cells
 are hidden behind a toggle button by default (readers want results first) or left out
 entirely with ``hide_code``.
 """
@@ -42,6 +43,7 @@ def notebook_to_html(ipynb: str | os.PathLike, html: str | os.PathLike, hide_cod
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(ipynb), as_version=4)
+    nb.metadata.pop("widgets", None)  # tqdm widget state: nbconvert would load the widget manager from unpkg.com
     exporter = HTMLExporter(template_name="lab")
     exporter.embed_images = True
     if hide_code:
@@ -49,6 +51,7 @@ def notebook_to_html(ipynb: str | os.PathLike, html: str | os.PathLike, hide_cod
         exporter.exclude_input_prompt = True
         exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
+    body = _without_cdn_scripts(body, exporter)
     if not hide_code:
         head_end = body.find("</head>")
         body = body[:head_end] + _TOGGLE + body[head_end:]
@@ -56,3 +59,12 @@ def notebook_to_html(ipynb: str | os.PathLike, html: str | os.PathLike, hide_cod
         at = body.find(">", body.find("<body")) + 1
         body = body[:at] + f'<div class="cxr-banner">{banner}</div>' + body[at:]
     return write_text(html, body)
+
+
+def _without_cdn_scripts(body: str, exporter) -> str:
+    """The lab template loads require.js and MathJax from cdnjs: offline a console error per report,
+    online each opened report is announced to a third party. Reports need neither (images embedded,
+    widget state dropped, no LaTeX in the notebooks)."""
+    for url in (exporter.require_js_url, exporter.mathjax_url):
+        body = body.replace(f'<script src="{url}"></script>', "").replace(f'<script src="{url}"> </script>', "")
+    return body

@@ -18,11 +18,12 @@ import nbformat
 from cxr_helpers.data.report import leakage_index_rows, read_eda_summary
 from cxr_helpers.evaluate.report import headline_entries, read_metrics
 from cxr_helpers.explain.report import read_cam_metrics
-from cxr_helpers.paths import read_json, write_json, write_text
+from cxr_helpers.paths import outputs_root, read_json, write_json, write_text
 from cxr_helpers.run.provenance import now_iso, read_provenance
+from cxr_helpers.run.sweep_state import known_sweeps, read_sweep
 from cxr_helpers.train.summary import read_train_summary
 
-_CSS = """
+PAGE_CSS = """
 body { font: 14px/1.45 -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1100px;
   color: #222; padding: 0 16px; }
 h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
@@ -49,6 +50,21 @@ def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     """``run_status.json`` of a run dir; {} when absent or unreadable."""
     obj = read_json(Path(run_dir) / STATUS_FILE)
     return obj if isinstance(obj, dict) else {}
+
+
+def mark_stopped(run_dir: Path, state: str, reason: str) -> None:
+    """Mark a run that was stopped from outside (a sweep's pruner, an interrupted sweep) as ``state``
+    in ``run_status.json``: its running and pending notebooks become "not run", and the run's page
+    says why. A run without a status file, or whose notebooks had all ended, is left alone."""
+    status = read_status(run_dir)
+    unfinished = [nb for nb in status.get("notebooks", []) if nb.get("status") in ("running", "pending")]
+    if not unfinished:  # it had finished (or never started): a finished run is never re-labelled
+        return
+    for nb in unfinished:
+        nb["status"] = "not run"
+    status.update(status=state, stopped=reason, ended=now_iso())
+    save_status(run_dir, status)
+    write_run_index(Path(run_dir))
 
 
 def _fmt_ci(m: Any) -> str:
@@ -134,15 +150,19 @@ def _first_figure(ipynb: Path, tag: str = "key-figure") -> Optional[str]:
     return first
 
 
-def write_run_index(run_dir: Path) -> Path:
-    """Write ``run_dir/index.html`` from the status and result files; return its path."""
+def write_run_index(run_dir: Path, outputs_dir: Optional[Path] = None) -> Path:
+    """Write ``run_dir/index.html`` from the status and result files; return its path.
+
+    ``outputs_dir``: where ``outputs/index.html`` (all runs) lives, for the link back to it
+    (default ``paths.outputs_root()``); a run made with ``--out`` elsewhere links there, not to a
+    ``../index.html`` that does not exist."""
     status = read_status(run_dir)
     prov = read_provenance(run_dir)
     eda = read_eda_summary(run_dir) or {}
     name = status.get("name") or run_dir.name
     state = status.get("status", "unknown")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cxr run: {html.escape(name)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>cxr run <code>{html.escape(name)}</code></h1>"]
+             f"<style>{PAGE_CSS}</style></head><body>", f"<h1>cxr run <code>{html.escape(name)}</code></h1>"]
     if state == "failed":
         fail = status.get("failure") or {}
         parts.append(f"<div class='banner failed'><b>FAILED</b> in {html.escape(str(fail.get('notebook')))}: "
@@ -150,7 +170,8 @@ def write_run_index(run_dir: Path) -> Path:
     elif state == "ok":
         parts.append("<div class='banner ok'><b>OK</b>: every notebook ran.</div>")
     else:
-        parts.append(f"<div class='banner'>Status: {html.escape(state)}</div>")
+        why = f": {html.escape(str(status['stopped']))}" if status.get("stopped") else ""
+        parts.append(f"<div class='banner'>Status: {html.escape(state)}{why}</div>")
     if eda.get("synthetic") or status.get("synthetic"):
         parts.append("<div class='banner synthetic'><b>Synthetic data.</b> This run uses the embedded synthetic "
                      "CXR-like dataset (generated images with known lesion masks), not real radiographs.</div>")
@@ -159,6 +180,9 @@ def write_run_index(run_dir: Path) -> Path:
         parts.append("<h2>Headline results</h2><table>")
         parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in heads]
         parts.append("</table>")
+    if (run_dir / "model_card.html").is_file():
+        parts.append("<p><a href='model_card.html'><b>Model card</b></a>: intended use, data, performance with "
+                     "CIs, limitations, TRIPOD+AI / CLAIM 2024 items (<a href='model_card.md'>markdown</a>)</p>")
     parts.append("<h2>Notebooks</h2><table><tr><th>notebook</th><th>status</th><th>seconds</th><th>report</th></tr>")
     figs = []
     for nb in status.get("notebooks", []):
@@ -178,7 +202,7 @@ def write_run_index(run_dir: Path) -> Path:
     parts.append("</table>")
     if figs:
         parts.append("<h2>Key figures</h2><div class='figs'>" + "".join(figs) + "</div>")
-    links = [f for f in ("config.yaml", "provenance.json", "metrics.json", "report.md", "history.csv",
+    links = [f for f in ("config.yaml", "provenance.json", "model_card.md", "metrics.json", "report.md", "history.csv",
                          "thresholds.json", "calibration.json", "cam_metrics.json") if (run_dir / f).is_file()]
     if links:
         parts.append("<h2>Files</h2><p>" + " · ".join(f"<a href='{f}'>{f}</a>" for f in links) + "</p>")
@@ -193,10 +217,23 @@ def write_run_index(run_dir: Path) -> Path:
                      f"<tr><th>python / torch / timm</th><td>{prov.get('python')} / {pk.get('torch')} / {pk.get('timm')}</td></tr>"
                      f"<tr><th>seed</th><td>{prov.get('seed')}</td></tr>"
                      f"<tr><th>started / ended</th><td>{prov.get('started')} / {prov.get('ended', '—')}</td></tr></table>")
-    parts.append("<p><a href='../index.html'>all runs</a></p></body></html>")
+    sweep = run_dir.parent.parent
+    in_sweep = run_dir.parent.name == "runs" and (sweep / "sweep.json").is_file()
+    back = (f"<a href='../../index.html'>the sweep {html.escape(sweep.name)}</a>" if in_sweep
+            else f"<a href='{html.escape(_outputs_href(run_dir, outputs_dir))}'>all runs</a>")
+    parts.append(f"<p>{back}</p></body></html>")
     out = run_dir / "index.html"
     write_text(out, "\n".join(parts))
     return out
+
+
+def _outputs_href(run_dir: Path, outputs_dir: Optional[Path]) -> str:
+    """The link from a run's page to ``outputs/index.html``: relative where possible."""
+    target = (outputs_dir or outputs_root()) / "index.html"
+    try:
+        return os.path.relpath(target, run_dir)
+    except ValueError:  # another drive (Windows)
+        return target.as_uri()
 
 
 def _registry_path(outputs_dir: Path) -> Path:
@@ -221,8 +258,32 @@ def known_run_dirs(outputs_dir: Path) -> set[str]:
     return dirs | {p for p in (read_json(_registry_path(outputs_dir)) or []) if (Path(p) / STATUS_FILE).is_file()}
 
 
+def _sweeps_table(outputs_dir: Path) -> str:
+    """The sweeps section of ``outputs/index.html``: each sweep's kind, point counts by status, last
+    update and link; empty when there is none."""
+    rows = []
+    for d in sorted(known_sweeps(outputs_dir), key=lambda p: read_sweep(p).get("updated", ""), reverse=True):
+        st = read_sweep(d)
+        counts: dict[str, int] = {}
+        for entry in (st.get("points") or {}).values():
+            counts[entry.get("status", "pending")] = counts.get(entry.get("status", "pending"), 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs yet"
+        try:
+            href = os.path.relpath(d / "index.html", outputs_dir)
+        except ValueError:  # pragma: no cover - other drive on Windows
+            href = (d / "index.html").as_uri()
+        rows.append(f"<tr><td><a href='{html.escape(href)}'>{html.escape(d.name)}</a></td>"
+                    f"<td>{html.escape(str(st.get('kind', '?')))}</td><td>{html.escape(summary)}</td>"
+                    f"<td>{html.escape(str(st.get('updated', '')))}</td><td><code>{html.escape(str(d))}</code></td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Sweeps</h2><table><tr><th>sweep</th><th>kind</th><th>runs</th><th>updated</th><th>folder</th></tr>"
+            + "".join(rows) + "</table><h2>Runs</h2>")
+
+
 def write_outputs_index(outputs_dir: Path) -> Path:
-    """Write ``outputs/index.html``: every known run, newest first, with status and headline metric."""
+    """Write ``outputs/index.html``: every known sweep (``sweep_state.known_sweeps``), then every known
+    run, newest first, with status and headline metric."""
     outputs_dir.mkdir(parents=True, exist_ok=True)
     dirs = known_run_dirs(outputs_dir)
     runs = []
@@ -246,9 +307,9 @@ def write_outputs_index(outputs_dir: Path) -> Path:
         rows.append(f"<tr><td><a href='{html.escape(href)}'>{html.escape(st.get('name') or d.name)}</a></td>"
                     f"<td class='{cls}'>{state.upper() if state == 'failed' else state}{err}</td>"
                     f"<td>{html.escape(when)}</td><td>{head}</td><td><code>{html.escape(str(d))}</code></td></tr>")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>cxr runs</title><style>{_CSS}</style></head>"
-            "<body><h1>cxr runs</h1><table><tr><th>run</th><th>status</th><th>updated</th><th>headline</th>"
-            "<th>folder</th></tr>" + "".join(rows) + "</table></body></html>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>cxr runs</title><style>{PAGE_CSS}</style></head>"
+            "<body><h1>cxr runs</h1>" + _sweeps_table(outputs_dir) + "<table><tr><th>run</th><th>status</th>"
+            "<th>updated</th><th>headline</th><th>folder</th></tr>" + "".join(rows) + "</table></body></html>")
     out = outputs_dir / "index.html"
     write_text(out, page)
     return out

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from cxr_helpers.config import Config, load_config
-from cxr_helpers.paths import resolve_path
+from cxr_helpers.paths import outputs_root, resolve_path
+from cxr_helpers.progress import text_bars_when_headless
 
 COMMON_PARAMS = ("config", "run_dir", "overrides")
 NOTEBOOK_PARAMS: dict[str, tuple[str, ...]] = {
@@ -24,7 +25,7 @@ NOTEBOOK_PARAMS: dict[str, tuple[str, ...]] = {
     "03_error_analysis": COMMON_PARAMS,
     "04_gradcam": COMMON_PARAMS,
     "05_predict": COMMON_PARAMS + ("inputs",),
-    "06_compare": COMMON_PARAMS + ("runs",),
+    "06_compare": ("sweep_dir", "run_dirs", "out_dir"),
 }
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
@@ -77,12 +78,13 @@ def setup(namespace: dict[str, Any], notebook: str) -> Run:
     """Validate the parameters in ``namespace``, load the config and open the run dir."""
     params = notebook_parameters(namespace)
     check_parameters(notebook, params)
+    text_bars_when_headless()
     # without ipywidgets tqdm.auto falls back to text bars; its warning would sit in every report
     warnings.filterwarnings("ignore", message=".*IProgress not found.*")
     overrides = _as_list(params.get("overrides"))
     config_path = resolve_path(params.get("config", "configs/demo.yaml"))
     cfg = load_config(config_path, overrides)
-    run_dir = resolve_path(params.get("run_dir") or f"outputs/{cfg.name}")
+    run_dir = resolve_path(params["run_dir"]) if params.get("run_dir") else outputs_root() / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     _configure_plots()
     return Run(cfg=cfg, dir=run_dir, config_path=config_path, notebook=notebook, params=params)

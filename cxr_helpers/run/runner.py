@@ -26,10 +26,11 @@ from cxr_helpers.paths import (
     check_writable,
     is_disk_error,
     notebooks_dir,
+    outputs_root,
     project_root,
     resolve_path,
 )
-from cxr_helpers.run import index_pages, provenance
+from cxr_helpers.run import index_pages, model_card, provenance
 from cxr_helpers.run.html import notebook_to_html
 from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
 
@@ -116,7 +117,8 @@ def _last_error_line(exc: BaseException) -> str:
 
 
 def _refresh_pages(run_dir: Path, outputs_dir: Path) -> None:
-    index_pages.write_run_index(run_dir)
+    model_card.write_model_card(run_dir)
+    index_pages.write_run_index(run_dir, outputs_dir)
     index_pages.register_run(outputs_dir, run_dir)
     index_pages.write_outputs_index(outputs_dir)
 
@@ -140,7 +142,7 @@ def _plan(config, overrides, out, only, hide_code, log) -> _Plan:
     config_path = resolve_path(config)
     cfg = load_config(config_path, list(overrides))
     names = select_notebooks(cfg, only)
-    outputs_dir = project_root() / "outputs"
+    outputs_dir = outputs_root()
     run_dir = resolve_path(out) if out else outputs_dir / cfg.name
     check_writable(run_dir)  # DiskWriteError (one line: the folder, the free space) before anything runs
     (run_dir / "notebooks").mkdir(exist_ok=True)

@@ -2,7 +2,8 @@
 
 One call trains a timm backbone on a PreparedData cache and writes into ``run_dir``:
 ``model/best.pt``, ``model/last.pt``, ``history.csv`` (one row per epoch),
-``predictions/{val,test}.csv`` from the best checkpoint, ``train_summary.json``, and
+``predictions/{val,test}.csv`` from the best checkpoint, ``reference_stats.json`` (``train.reference``:
+what the train images and validation scores looked like, for shift checks), ``train_summary.json``, and
 TensorBoard / MLflow logs when enabled and installed. Under ``torchrun`` (env ``WORLD_SIZE``)
 it runs DistributedDataParallel: each rank sees its share of the rows, validation predictions
 are gathered from all ranks, and only rank 0 writes files.
@@ -34,11 +35,12 @@ from cxr_helpers.data.types import PreparedData
 from cxr_helpers.model.backbones import set_backbone_trainable
 from cxr_helpers.model.checkpoint import load_checkpoint, save_checkpoint
 from cxr_helpers.model.inference import loader_logits, probs_from_logits
-from cxr_helpers.paths import check_writable, resolve_path
+from cxr_helpers.paths import check_writable, outputs_root, resolve_path
 from cxr_helpers.train.context import RunContext, TrainingError, setup_run
 from cxr_helpers.train.distributed import barrier
 from cxr_helpers.train.epoch import monitor_value, train_one_epoch, validate
 from cxr_helpers.train.predictions import write_predictions
+from cxr_helpers.train.reference import build_reference, write_reference
 from cxr_helpers.train.state import Progress, build_optimisation, checkpoint_payload, resume
 from cxr_helpers.train.summary import train_summary, write_history, write_summary
 from cxr_helpers.train.tracking import Loggers
@@ -76,6 +78,7 @@ def train(
     summary: dict[str, Any] = {}
     if ctx.is_main:
         write_final_predictions(ctx)
+        write_reference(ctx.run_dir, build_reference(ctx.prepared, ctx.run_dir / "predictions" / "val.csv"))
         write_history(ctx.run_dir, done.history)
         summary = train_summary(ctx, done, time.perf_counter() - t_start)
         write_summary(ctx.run_dir, summary)
@@ -209,7 +212,7 @@ def train_from_config(
     ``config.yaml`` until training ends.
     """
     cfg = load_config(resolve_path(config_path), list(overrides))
-    out = resolve_path(run_dir) if run_dir else resolve_path(f"outputs/{cfg.name}")
+    out = resolve_path(run_dir) if run_dir else outputs_root() / cfg.name
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
         check_writable(out)

@@ -5,6 +5,11 @@ Multi-label (sigmoid per class): BCE-with-logits, optionally with per-class posi
 (ASL: stronger down-weighting of easy negatives, useful when positives are rare).
 Multi-class (softmax): cross-entropy with label smoothing and optional inverse-frequency class
 weights. ``loss: auto`` is BCE for multilabel and CE for multiclass.
+
+Masked labels: a target entry may be NaN (unknown for that image and finding). The multi-label
+losses average over the known entries only, so an unknown entry contributes nothing whatever the
+model outputs there; the softmax loss leaves out rows with any unknown entry. A batch without a
+known entry gives a loss of 0 (with a graph, so ``backward`` still works).
 """
 
 from __future__ import annotations
@@ -26,28 +31,45 @@ class LossError(ValueError):
     """train.loss is not usable for this task."""
 
 
+def split_known(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target with unknown (NaN) entries set to 0, float mask: 1 where the label is known)."""
+    target = target.float()
+    mask = torch.isfinite(target).float()
+    return torch.nan_to_num(target, nan=0.0), mask
+
+
+def masked_mean(loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-entry ``loss`` over entries where ``mask`` is 1; 0 when none is (keeps the graph).
+    With every entry known it is exactly ``loss.mean()``, so runs without masked labels train
+    bit for bit as before masking existed (tests/test_golden.py)."""
+    if bool(mask.all()):
+        return loss.mean()
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 class FocalLoss(nn.Module):
-    """Sigmoid focal loss: mean over elements of ``-alpha_t (1 - p_t)^gamma log p_t``."""
+    """Sigmoid focal loss: mean over known elements of ``-alpha_t (1 - p_t)^gamma log p_t``."""
 
     def __init__(self, gamma: float = 2.0, alpha: Optional[float] = None):
         super().__init__()
         self.gamma, self.alpha = gamma, alpha
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
+        logits = logits.float()
+        target, mask = split_known(target)
         ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         p = torch.sigmoid(logits)
         p_t = p * target + (1 - p) * (1 - target)
         loss = ce * (1 - p_t) ** self.gamma
         if self.alpha is not None:
             loss = loss * (self.alpha * target + (1 - self.alpha) * (1 - target))
-        return loss.mean()
+        return masked_mean(loss, mask)
 
 
 class AsymmetricLoss(nn.Module):
     """ASL (Ridnik et al. 2021): ``-[y (1-p)^g+ log p + (1-y) p_m^g- log(1-p_m)]``, p_m = max(p - clip, 0).
 
-    Mean over elements (the paper sums; the mean keeps the learning rate comparable to BCE).
+    Mean over known elements (the paper sums; the mean keeps the learning rate comparable to BCE).
     """
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8):
@@ -55,16 +77,18 @@ class AsymmetricLoss(nn.Module):
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
+        logits = logits.float()
+        target, mask = split_known(target)
         p = torch.sigmoid(logits)
         p_m = (p - self.clip).clamp(min=0) if self.clip else p
         pos = target * torch.log(p.clamp(min=self.eps)) * (1 - p) ** self.gamma_pos
         neg = (1 - target) * torch.log((1 - p_m).clamp(min=self.eps)) * p_m**self.gamma_neg
-        return -(pos + neg).mean()
+        return -masked_mean(pos + neg, mask)
 
 
 class SoftmaxCE(nn.Module):
-    """Cross-entropy on one-hot (or soft) targets (N, C), with label smoothing and class weights."""
+    """Cross-entropy on one-hot (or soft) targets (N, C), with label smoothing and class weights;
+    rows with an unknown (NaN) entry are left out (weighted mean over the rest, as F.cross_entropy)."""
 
     def __init__(self, weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0):
         super().__init__()
@@ -72,13 +96,21 @@ class SoftmaxCE(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target, mask = split_known(target)
+        row_known = mask.min(dim=1).values if target.shape[1] else mask.new_ones(len(target))
         idx = target.argmax(dim=1)
         w = self.weight.to(logits.device) if self.weight is not None else None
-        return F.cross_entropy(logits.float(), idx, weight=w, label_smoothing=self.label_smoothing)
+        if bool(row_known.all()):  # exactly F.cross_entropy's own weighted mean
+            return F.cross_entropy(logits.float(), idx, weight=w, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), idx, weight=w, label_smoothing=self.label_smoothing, reduction="none"
+        )
+        row_w = row_known if w is None else row_known * w[idx]
+        return (loss * row_known).sum() / row_w.sum().clamp(min=1e-12)
 
 
 class WeightedBCE(nn.Module):
-    """BCE-with-logits, mean over elements, optional per-class ``pos_weight`` (C,)."""
+    """BCE-with-logits, mean over known elements, optional per-class ``pos_weight`` (C,)."""
 
     def __init__(self, pos_weight: Optional[torch.Tensor] = None):
         super().__init__()
@@ -86,24 +118,30 @@ class WeightedBCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pw = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
-        return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=pw)
+        target, mask = split_known(target)
+        if bool(mask.all()):  # exactly the unmasked loss (bit for bit, tests/test_golden.py)
+            return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pw)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pw, reduction="none")
+        return masked_mean(loss, mask)
 
 
 def class_balance(train_targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Counts from (N, C) 0/1 train targets: ``pos``, ``neg``, ``pos_weight`` = neg/pos, ``class_weight``.
+    """Counts from (N, C) 0/1/NaN train targets: ``pos``, ``neg``, ``pos_weight`` = neg/pos,
+    ``class_weight``, ``unknown`` (entries masked as NaN, counted in neither).
 
     ``class_weight`` is inverse frequency normalised to mean 1 (multiclass CE weights).
     Classes with no positives get weight 1 (nothing to up-weight).
     """
     y = np.asarray(train_targets, dtype=np.float64)
-    pos = y.sum(axis=0)
-    neg = len(y) - pos
+    ok = np.isfinite(y)
+    pos = np.where(ok, y, 0.0).sum(axis=0)
+    neg = ok.sum(axis=0) - pos
     pos_weight = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
-    freq = pos / max(len(y), 1)
+    freq = pos / np.maximum(ok.sum(axis=0), 1)
     inv = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-12), 0.0)
     cw = inv / inv[inv > 0].mean() if (inv > 0).any() else np.ones_like(inv)
     cw = np.where(inv > 0, cw, 1.0)
-    return {"pos": pos, "neg": neg, "pos_weight": pos_weight, "class_weight": cw}
+    return {"pos": pos, "neg": neg, "pos_weight": pos_weight, "class_weight": cw, "unknown": (~ok).sum(axis=0)}
 
 
 @dataclass

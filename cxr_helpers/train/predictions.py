@@ -11,7 +11,8 @@ where the run calibrates) and ``praw_<class>`` the raw ones, so ``thresholds.jso
 | --- | --- |
 | ``image_id`` | the manifest's image id (string) |
 | ``patient_id`` | the manifest's patient id (string) |
-| ``y_<class>`` | 0/1 truth, one column per class in config order |
+| ``y_<class>`` | 0/1 truth, one column per class in config order; blank where the label is
+  unknown (masked: the source cannot have the finding, or ``data.uncertain: masked``) |
 | ``p_<class>`` | probability in [0, 1], one column per class in config order (softmax rows for
   ``multiclass``, sigmoid per class for ``multilabel``) |
 | ``praw_<class>`` | optional: raw probabilities where ``p_`` holds calibrated ones (DESIGN.md); the
@@ -41,13 +42,19 @@ class PredictionsError(ValueError):
 
 @dataclass
 class Predictions:
-    """One split's predictions: ``Y, P: (N, C)`` float64 (Y 0/1, P in [0, 1]), aligned ids (N,)."""
+    """One split's predictions: ``Y, P: (N, C)`` float64 (Y 0/1, NaN where unknown; P in [0, 1]),
+    aligned ids (N,)."""
 
     image_id: np.ndarray
     patient_id: np.ndarray
     Y: np.ndarray
     P: np.ndarray
     classes: list[str]
+
+
+def truth_column(y: np.ndarray) -> pd.Series:
+    """0/1 truth (N,) as a nullable integer column: written ``0``/``1``, blank where NaN (unknown)."""
+    return pd.Series(np.asarray(y, dtype=np.float64)).round().astype("Int64")
 
 
 def write_predictions(
@@ -63,7 +70,7 @@ def write_predictions(
         }
     )
     for k, c in enumerate(classes):
-        df[f"y_{c}"] = y[:, k].astype(int)
+        df[f"y_{c}"] = truth_column(y[:, k])
     for k, c in enumerate(classes):
         df[f"p_{c}"] = probs[:, k].astype(float)
     path = Path(path)
@@ -112,6 +119,8 @@ def rewrite_probabilities(
     pred = read_predictions(path, classes)
     df = pd.read_csv(path, dtype={"image_id": str, "patient_id": str})
     df = df.drop(columns=[c for c in df if c.startswith("praw_")])
+    for k, c in enumerate(classes):
+        df[f"y_{c}"] = truth_column(pred.Y[:, k])
     probs = pred.P if calibrate is None else np.asarray(calibrate(pred.P), dtype=np.float64)
     if probs.shape != pred.P.shape or not np.isfinite(probs).all():
         raise PredictionsError(f"{path}: calibrated probabilities are not finite (N, C); re-run 03_error_analysis")

@@ -51,16 +51,19 @@ def model_summary(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
 
 
 def class_balance_table(cfg: Config, prepared: PreparedData) -> tuple[pd.DataFrame, str]:
-    """Per class: train positives/negatives, prevalence, derived weights; plus the loss and its reason."""
+    """Per class: train positives/negatives, unknown (masked) labels, prevalence among the known
+    labels (NaN where none is known), derived weights; plus the loss and its reason."""
     y = prepared.labels()[prepared.split_index("train")]
     bal = class_balance(y)
     choice = build_loss(cfg.train, prepared.task, y)
+    n_known = bal["pos"] + bal["neg"]
     df = pd.DataFrame(
         {
             "class": prepared.classes,
             "train positives": bal["pos"].astype(int),
             "train negatives": bal["neg"].astype(int),
-            "prevalence": np.round(bal["pos"] / max(len(y), 1), 3),
+            "unknown (masked)": bal["unknown"].astype(int),
+            "prevalence": np.round(bal["pos"] / np.where(n_known > 0, n_known, np.nan), 3),
             "pos_weight (neg/pos)": np.round(bal["pos_weight"], 2),
             "class weight (inv. freq.)": np.round(bal["class_weight"], 2),
         }

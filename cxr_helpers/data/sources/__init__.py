@@ -30,6 +30,8 @@ ADAPTERS = {
     "medmnist": "cxr_helpers.data.sources.medmnist",
     "folder": "cxr_helpers.data.sources.folder",
     "csv": "cxr_helpers.data.sources.table",
+    "hf": "cxr_helpers.data.sources.hf",
+    "pooled": "cxr_helpers.data.sources.pooled",  # data.sources: several blocks in one run
 }
 
 DOWNLOAD_HINTS = {
@@ -38,6 +40,8 @@ DOWNLOAD_HINTS = {
     "or from https://zenodo.org/records/10519652",
     "folder": "download e.g. Kermany's chest X-rays from https://data.mendeley.com/datasets/rscbjbr9sj",
     "csv": "point data.root at the folder holding your CSV and images",
+    "hf": "set data.hf.name to a Hugging Face dataset id, or point data.root at a local copy (README: "
+    "Hugging Face and report datasets)",
 }
 
 
@@ -124,7 +128,9 @@ def remap_mask_bits(masks: np.ndarray, old: list[str], new: list[str]) -> np.nda
     return out
 
 
-def _apply_classes(sd: SourceData, cfg: Config) -> SourceData:
+def apply_classes(sd: SourceData, cfg: Config) -> SourceData:
+    """``data.classes`` (subset and order; a multiclass source drops rows of other classes) and
+    ``data.task`` (multilabel -> multiclass keeps rows with exactly one positive) applied to ``sd``."""
     wanted = cfg.data.classes
     if wanted:
         unknown = [c for c in wanted if c not in sd.classes]
@@ -239,7 +245,7 @@ def _cap(sd: SourceData, cfg: Config) -> SourceData:
     rng = np.random.default_rng(cfg.seed + 17)
     keep = np.zeros(len(m), dtype=bool)
     y = m[sd.classes].to_numpy(dtype=np.float64)
-    totals = y.sum(axis=0)
+    totals = np.nansum(y, axis=0)
     rarity = np.where(y > 0, totals[None, :], np.inf)
     key = np.where(np.isfinite(rarity.min(axis=1)), rarity.argmin(axis=1), -1)
     for s in SPLITS:
@@ -274,7 +280,7 @@ def _cap(sd: SourceData, cfg: Config) -> SourceData:
     return sd
 
 
-def _check_class_coverage(sd: SourceData, cfg: Config) -> None:
+def check_class_coverage(sd: SourceData, cfg: Config) -> None:
     """A multiclass task needs two classes with training images (one class trains to loss 0 and
     means nothing): SourceError naming the classes without any. A class missing from the
     validation or test split is noted (its metrics there are undefined)."""
@@ -305,6 +311,8 @@ def recipe_inputs(cfg: Config) -> Optional[list[str]]:
     (``data.cache_recipe``): [] for synthetic data, the npz's path, size and mtime plus the label
     names for MedMNIST; None for sources that must be read to be keyed (folder, csv, NIH) or whose
     input cannot be found (then ``load_source`` says why in one line)."""
+    if cfg.data.sources:
+        return None
     if cfg.data.source == "synthetic":
         return []
     if cfg.data.source == "medmnist":
@@ -322,8 +330,12 @@ def load_source(cfg: Config) -> SourceData:
     """The configured source as a split, checked manifest (see the module docstring for the steps).
 
     Raises SourceError (one line) for an unknown source, a missing data.root, unknown classes,
-    or leakage in splits this function generated.
+    or leakage in splits this function generated. With ``data.sources`` the blocks are loaded one
+    by one and pooled (``sources.pooled``).
     """
+    if cfg.data.sources:
+        sd = importlib.import_module(ADAPTERS["pooled"]).load(cfg)
+        return _keyed(sd)
     name = cfg.data.source
     if name not in ADAPTERS:
         raise SourceError(
@@ -340,13 +352,13 @@ def load_source(cfg: Config) -> SourceData:
     if "split" not in sd.manifest.columns:
         sd.manifest["split"] = ""
     sd.manifest = sd.manifest.reset_index(drop=True)
-    sd = _apply_classes(sd, cfg)
+    sd = apply_classes(sd, cfg)
     sd, generated = _assign_splits(sd, cfg)
     if len(sd.duplicates):
         split_of = dict(zip(sd.manifest["image_id"].astype(str), sd.manifest["split"]))
         sd.duplicates = sd.duplicates.assign(split=sd.duplicates["image_id"].astype(str).map(split_of))
     sd = _cap(sd, cfg)
-    _check_class_coverage(sd, cfg)
+    check_class_coverage(sd, cfg)
     leak = check_leakage(sd.manifest, sd.duplicates, patient_id_note=sd.patient_id_note)
     if not leak["ok"] and generated:
         raise LeakageError(
@@ -354,6 +366,11 @@ def load_source(cfg: Config) -> SourceData:
         )
     sd.leakage = leak
     sd.notes.append(leakage_summary(leak))
+    return _keyed(sd)
+
+
+def _keyed(sd: SourceData) -> SourceData:
+    """``sd`` with its key extended by a hash of the final ids, splits and labels."""
     ident = pd.util.hash_pandas_object(
         sd.manifest[["image_id", "split", *sd.classes]], index=False
     ).to_numpy()

@@ -6,8 +6,8 @@ CSV itself) has one row per image. ``path_column`` holds the image path, relativ
 from ``label_columns`` (multi-hot columns: multilabel) or from ``label_column`` (names
 joined by ``label_separator``: multiclass when every row has exactly one name, else
 multilabel; "No Finding" and empty mean no positive). A ``label_columns`` cell must read 0/1
-(``1.0``, true/false too) or be mapped by ``data.csv.label_map`` (e.g. CheXpert's ``-1`` and
-blanks); anything else fails in one line naming the column, the values and their CSV lines,
+(``1.0``, true/false too) or be mapped by ``data.csv.label_map`` (e.g. CheXpert's ``-1`` to
+``uncertain``, resolved by ``data.uncertain``, and blanks to ``masked``: NaN, unknown); anything else fails in one line naming the column, the values and their CSV lines,
 because a silent guess (``yes`` -> 0, ``2`` -> 1) trains on wrong labels. Optional
 patient/split/age/sex/view columns; without a patient column every image is its own patient.
 Rows whose file is absent are counted as missing and named (first few) in a note. With
@@ -17,12 +17,14 @@ Rows whose file is absent are counted as missing and named (first few) in a note
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from cxr_helpers.config import Config
+from cxr_helpers.config import MASKED, UNCERTAIN, Config
 from cxr_helpers.data.imageio import is_lateral
 from cxr_helpers.data.sources import SourceError, config_label, data_root, file_key, multi_hot
 from cxr_helpers.data.types import SourceData
@@ -41,58 +43,103 @@ def _lines(rows: np.ndarray) -> str:
     return f"line{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
-def _cell_value(text: str, label_map: dict[str, int]) -> float:
-    """0/1 for one label cell: ``label_map`` first (exact, else numerically equal), then 0/1
-    numbers and true/false; NaN for anything else."""
+def resolve_label_map(label_map: dict[str, int | str], uncertain: str) -> dict[str, float]:
+    """A config label_map as {cell text: 0.0, 1.0 or NaN (masked)}, ``uncertain`` targets resolved by
+    ``data.uncertain`` (positive -> 1, negative -> 0, masked -> NaN)."""
+    policy = {"positive": 1.0, "negative": 0.0, MASKED: np.nan}[uncertain]
+    out = {}
+    for key, target in label_map.items():
+        out[key] = policy if target == UNCERTAIN else np.nan if target == MASKED else float(target)
+    return out
+
+
+def _cell_value(text: str, label_map: dict[str, float]) -> float | None:
+    """0/1 (NaN when mapped to masked) for one label cell: ``label_map`` first (exact, else
+    numerically equal), then 0/1 numbers and true/false; None for anything else."""
     if text in label_map:
-        return float(label_map[text])
+        return label_map[text]
     try:
         number = float(text)
     except ValueError:
-        return float(LABEL_WORDS.get(text.lower(), np.nan))
+        word = LABEL_WORDS.get(text.lower())
+        return None if word is None else float(word)
     for key, target in label_map.items():
         try:
             if float(key) == number:
-                return float(target)
+                return target
         except ValueError:
             continue
-    return number if number in (0.0, 1.0) else np.nan
+    return number if number in (0.0, 1.0) else None
 
 
 def parse_labels(
-    df: pd.DataFrame, columns: list[str], label_map: dict[str, int], where: str, config: str
+    df: pd.DataFrame,
+    columns: list[str],
+    label_map: dict[str, float],
+    where: str,
+    config: str,
+    key: str = "data.csv.label_map",
+    names: Optional[list[str]] = None,
+    where_rows: Callable[[np.ndarray], str] = _lines,
 ) -> np.ndarray:
-    """uint8 (N, C) 0/1 labels of ``columns``; SourceError (one line) naming the first column with
-    other values, those values with counts and CSV lines (the first few, then how many more), the
-    other columns' bad values, and ``data.csv.label_map`` (in ``config``) as the fix."""
-    out = np.zeros((len(df), len(columns)), dtype=np.uint8)
+    """float32 (N, C) labels of ``columns``: 0/1, NaN where ``label_map`` (``resolve_label_map``)
+    masks the cell; SourceError (one line) naming the first column with other values, those values
+    with counts and where they are (the first few, then how many more), the other columns' bad
+    values, and ``key`` (in ``config``) as the fix. ``names`` are the columns as the user wrote them
+    (default ``columns``); ``where_rows`` words 0-based row positions (default: CSV lines)."""
+    names = list(columns) if names is None else names
+    out = np.zeros((len(df), len(columns)), dtype=np.float32)
     first, others = "", []
     shown = 4
     for k, col in enumerate(columns):
         text = df[col].astype(str).str.strip()
         codes, uniq = pd.factorize(text)
-        values = np.array([_cell_value(u, label_map) for u in uniq], dtype=float)
-        y = values[codes] if len(uniq) else np.zeros(0)
-        bad = np.isnan(y)
-        if not bad.any():
-            out[:, k] = y.astype(np.uint8)
+        cells = [_cell_value(u, label_map) for u in uniq]
+        bad_value = np.array([v is None for v in cells], dtype=bool)
+        if not bad_value.any():
+            values = np.array(cells, dtype=np.float32)
+            out[:, k] = values[codes] if len(uniq) else np.zeros(0)
             continue
-        odd = [u for u, v in zip(uniq, values) if np.isnan(v)]
+        odd = [u for u, b in zip(uniq, bad_value) if b]
         more = f" (+{len(odd) - shown} more values)" if len(odd) > shown else ""
         if not first:
             parts = []
             for u in odd[:shown]:
                 rows = np.flatnonzero(text.to_numpy() == u)
-                parts.append(f"{u!r} x{len(rows)} ({_lines(rows)})")
-            first = f"column '{col}' has values other than 0/1: {', '.join(parts)}{more}"
+                parts.append(f"{u!r} x{len(rows)} ({where_rows(rows)})")
+            first = f"column '{names[k]}' has values other than 0/1: {', '.join(parts)}{more}"
         else:
-            others.append(f"'{col}' ({', '.join(repr(u) for u in odd[:shown])}{more})")
+            others.append(f"'{names[k]}' ({', '.join(repr(u) for u in odd[:shown])}{more})")
     if first:
         also = f"; also in {', '.join(others)}" if others else ""
         raise SourceError(
-            f'{where}: {first}{also}; map each to 0 or 1 with data.csv.label_map in {config}, e.g. {{"-1": 1, "": 0}}'
+            f"{where}: {first}{also}; map each to 0, 1, masked or uncertain with {key} in {config}, "
+            'e.g. {"-1": uncertain, "": 0}'
         )
     return out
+
+
+def mapped_splits(raw: pd.Series, key: str, config: str, fix: str = "") -> tuple[pd.Series, list[str]]:
+    """(each row's split, train/val/test or "" for none, and the sorted values not understood) from
+    split names as written (``raw``, any case; ``SPLIT_NAMES``). SourceError naming ``key`` and
+    the values when some rows name a split but none of the names is understood: a silent fall-back
+    to generated splits would ignore the user's column. ``fix`` replaces the message's last advice."""
+    low = raw.fillna("").astype(str).str.strip().str.lower()
+    split = low.map(SPLIT_NAMES).fillna("")
+    odd = sorted(set(low[split == ""]) - {""})
+    if odd and (split == "").all():
+        shown = ", ".join(repr(v) for v in odd[:6]) + (f" (+{len(odd) - 6} more)" if len(odd) > 6 else "")
+        raise SourceError(
+            f"{key}: no value names a split ({shown}); use train/val/test (or training/valid/validation/dev/"
+            f"testing), {fix or f'or remove {key} for generated per-patient splits'} ({config})"
+        )
+    return split, odd
+
+
+def label_array(y: np.ndarray) -> np.ndarray:
+    """Manifest label columns from (N, C) 0/1/NaN: uint8 when every label is known, else float32 (NaN kept)."""
+    y = np.asarray(y, dtype=np.float32)
+    return y if np.isnan(y).any() else (y > 0.5).astype(np.uint8)
 
 
 def _csv_path(cfg: Config) -> Path:
@@ -130,7 +177,7 @@ def _absent_note(rel: pd.Series, exists: np.ndarray, base: Path) -> str:
     return f"{len(absent)} rows name a file that is absent under {base}; left out: {named} ({_lines(absent)})"
 
 
-def _skip_lateral(m: pd.DataFrame, views: pd.Series, column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def skip_lateral(m: pd.DataFrame, views: pd.Series, column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(manifest without lateral-view rows, those rows as ``path, reason``)."""
     lateral = views.map(is_lateral).to_numpy(dtype=bool)
     reason = (
@@ -177,7 +224,8 @@ def load(cfg: Config) -> SourceData:
     if missing:
         notes.append(_absent_note(rel, exists, base))
     if c.label_columns:
-        y_all = parse_labels(df, list(c.label_columns), c.label_map, str(path), config_label(cfg))
+        label_map = resolve_label_map(c.label_map, cfg.data.uncertain)
+        y_all = parse_labels(df, list(c.label_columns), label_map, str(path), config_label(cfg))
     elif c.label_map:
         raise SourceError(
             f"data.csv.label_map applies to data.csv.label_columns (0/1 columns), not label_column ({config_label(cfg)}); remove it"
@@ -190,7 +238,7 @@ def load(cfg: Config) -> SourceData:
 
     if c.label_columns:
         classes = list(c.label_columns)
-        y = y_all[exists] > 0
+        y = y_all[exists]
         task = "multilabel"
     else:
         tokens = df[c.label_column].str.split(c.label_separator).explode().str.strip()
@@ -207,9 +255,7 @@ def load(cfg: Config) -> SourceData:
             "no data.csv.patient_column: each image is its own patient, so patient-level leakage cannot be checked"
         )
     if c.split_column:
-        raw = df[c.split_column].str.strip().str.lower()
-        m["split"] = raw.map(SPLIT_NAMES).fillna("")
-        odd = sorted(set(raw[m["split"] == ""]) - {""})
+        m["split"], odd = mapped_splits(df[c.split_column], "data.csv.split_column", config_label(cfg))
         if odd:
             notes.append(f"split values {odd} not understood (train/val/test); those rows are dropped")
     else:
@@ -221,11 +267,11 @@ def load(cfg: Config) -> SourceData:
                 if c_name == "age"
                 else df[key].replace("", None)
             )
-    m = pd.concat([m, pd.DataFrame(y.astype(np.uint8), columns=classes)], axis=1)
+    m = pd.concat([m, pd.DataFrame(label_array(y), columns=classes)], axis=1)
     m["path"] = full
     skipped = pd.DataFrame(columns=["path", "reason"])
     if c.view_column and "lateral" in cfg.data.image_checks:
-        m, skipped = _skip_lateral(m, df[c.view_column], c.view_column)
+        m, skipped = skip_lateral(m, df[c.view_column], c.view_column)
         if len(skipped):
             notes.append(f"{len(skipped)} lateral views left out (data.csv.view_column '{c.view_column}')")
     cols = ["image_id", "patient_id", "split", "source", *classes] + [

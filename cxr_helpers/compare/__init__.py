@@ -1,0 +1,1 @@
+"""06_compare: runs side by side, paired tests, seed ensembles."""
