@@ -307,8 +307,9 @@ def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
         keep(provenance.save_provenance, run_dir, prov)
         if error:
             break
-        keep(index_pages.save_status, run_dir, status)
-        keep(_refresh_pages, run_dir, plan.outputs_dir)
+        if i < len(names):  # after the last notebook the final status below is the next write: a run
+            keep(index_pages.save_status, run_dir, status)  # stopped in between never reads as done yet "running"
+            keep(_refresh_pages, run_dir, plan.outputs_dir)
     if result.ok and keep.problems:
         result = RunResult(run_dir=run_dir, ok=False, failed_notebook="run files", error=keep.problems[0])
         status["status"], status["failure"] = "failed", {"notebook": "run files", "error": keep.problems[0]}
