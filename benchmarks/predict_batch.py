@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from data_pipeline import cpu_name  # noqa: E402  (a sibling script: this folder is on sys.path)
 
 
 def _child(run: str, folder: str, out_dir: str) -> None:
@@ -109,16 +110,6 @@ def measure(run: Path, sources: list[Path], sizes: list[int], work: Path) -> lis
     return rows
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a finished run dir (default with --quick: an untrained tiny checkpoint)")
@@ -143,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(run, sources, sizes, work)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "run": str(args.run or f"untrained test_resnet, {args.image_size} px"),
         "source": str(args.source or "synthetic 256 px PNGs"),
         "results": rows,

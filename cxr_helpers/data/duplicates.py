@@ -75,6 +75,11 @@ def phash(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").astype(np.uint64)
 
 
+def exact_hash(image: np.ndarray) -> int:
+    """64-bit hash of an image's pixels (blake2b of the bytes): equal only for identical pixels."""
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).digest(), "big")
+
+
 def pixel_hashes(images: np.ndarray, chunk: int = 128) -> np.ndarray:
     """(N, 5) uint64: column 0 the exact pixel hash, columns 1-4 the 256-bit pHash, of each
     (N, S, S) uint8 image. Reads ``chunk`` images at a time, so a memmap of any size is hashed in
@@ -83,9 +88,7 @@ def pixel_hashes(images: np.ndarray, chunk: int = 128) -> np.ndarray:
     out = np.zeros((n, 1 + PHASH_WORDS), dtype=np.uint64)
     for i in range(0, n, chunk):
         block = np.ascontiguousarray(images[i : i + chunk])
-        out[i : i + len(block), 0] = [
-            int.from_bytes(hashlib.blake2b(img.tobytes(), digest_size=8).digest(), "big") for img in block
-        ]
+        out[i : i + len(block), 0] = [exact_hash(img) for img in block]
         out[i : i + len(block), 1:] = phash(block)
     return out
 

@@ -14,7 +14,6 @@ Research use only: the outputs are model scores, not a diagnosis.
 
 from __future__ import annotations
 
-import hashlib
 import warnings as pywarnings
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from cxr_helpers.data.duplicates import exact_hash
 from cxr_helpers.data.image_stats import IMAGE_STATS, corner_contrast, image_statistics
 from cxr_helpers.data.imageio import ImageReadError
 from cxr_helpers.predict.inputs import PreparedInput, one_line, printable_name, read_input
@@ -221,7 +221,7 @@ def _score_chunk(
             source_shape=prepared.source_shape,
             path=path,
             notes=[cam_note] if cam_note else [],
-            pixel_hash=hashlib.blake2b(np.ascontiguousarray(prepared.image).tobytes(), digest_size=8).hexdigest(),
+            pixel_hash=f"{exact_hash(prepared.image):016x}",
         )
         if warn:
             res.findings_text += f" Caution: {len(warn)} image warning(s): " + "; ".join(warn.values()) + "."

@@ -219,21 +219,21 @@ def write_run_index(run_dir: Path, outputs_dir: Optional[Path] = None) -> Path:
                      f"<tr><th>started / ended</th><td>{prov.get('started')} / {prov.get('ended', '—')}</td></tr></table>")
     sweep = run_dir.parent.parent
     in_sweep = run_dir.parent.name == "runs" and (sweep / "sweep.json").is_file()
+    all_runs = _href((outputs_dir or outputs_root()) / "index.html", run_dir)
     back = (f"<a href='../../index.html'>the sweep {html.escape(sweep.name)}</a>" if in_sweep
-            else f"<a href='{html.escape(_outputs_href(run_dir, outputs_dir))}'>all runs</a>")
+            else f"<a href='{html.escape(all_runs)}'>all runs</a>")
     parts.append(f"<p>{back}</p></body></html>")
     out = run_dir / "index.html"
     write_text(out, "\n".join(parts))
     return out
 
 
-def _outputs_href(run_dir: Path, outputs_dir: Optional[Path]) -> str:
-    """The link from a run's page to ``outputs/index.html``: relative where possible."""
-    target = (outputs_dir or outputs_root()) / "index.html"
+def _href(target: Path, page_dir: Path) -> str:
+    """A link to ``target`` from a page in ``page_dir``: relative where possible, else a file URI."""
     try:
-        return os.path.relpath(target, run_dir)
-    except ValueError:  # another drive (Windows)
-        return target.as_uri()
+        return os.path.relpath(target, page_dir)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return Path(target).as_uri()
 
 
 def _registry_path(outputs_dir: Path) -> Path:
@@ -268,10 +268,7 @@ def _sweeps_table(outputs_dir: Path) -> str:
         for entry in (st.get("points") or {}).values():
             counts[entry.get("status", "pending")] = counts.get(entry.get("status", "pending"), 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs yet"
-        try:
-            href = os.path.relpath(d / "index.html", outputs_dir)
-        except ValueError:  # pragma: no cover - other drive on Windows
-            href = (d / "index.html").as_uri()
+        href = _href(d / "index.html", outputs_dir)
         rows.append(f"<tr><td><a href='{html.escape(href)}'>{html.escape(d.name)}</a></td>"
                     f"<td>{html.escape(str(st.get('kind', '?')))}</td><td>{html.escape(summary)}</td>"
                     f"<td>{html.escape(str(st.get('updated', '')))}</td><td><code>{html.escape(str(d))}</code></td></tr>")
@@ -300,10 +297,7 @@ def write_outputs_index(outputs_dir: Path) -> Path:
         err = ""
         if state == "failed" and st.get("failure"):
             err = f"<br><code>{html.escape(str(st['failure'].get('notebook')))}: {html.escape(str(st['failure'].get('error')))}</code>"
-        try:
-            href = os.path.relpath(d / "index.html", outputs_dir)
-        except ValueError:  # pragma: no cover - other drive on Windows
-            href = (d / "index.html").as_uri()
+        href = _href(d / "index.html", outputs_dir)
         rows.append(f"<tr><td><a href='{html.escape(href)}'>{html.escape(st.get('name') or d.name)}</a></td>"
                     f"<td class='{cls}'>{state.upper() if state == 'failed' else state}{err}</td>"
                     f"<td>{html.escape(when)}</td><td>{head}</td><td><code>{html.escape(str(d))}</code></td></tr>")
