@@ -116,7 +116,9 @@ def _last_error_line(exc: BaseException) -> str:
     return line.splitlines()[-1] if line else ename
 
 
-def _refresh_pages(run_dir: Path, outputs_dir: Path) -> None:
+def refresh_pages(run_dir: Path, outputs_dir: Path) -> None:
+    """Rewrite a run's own pages from its files: model card, run index, and the outputs index it is
+    listed on (after each notebook, at the end, and for a finished run found without its page)."""
     model_card.write_model_card(run_dir)
     index_pages.write_run_index(run_dir, outputs_dir)
     index_pages.register_run(outputs_dir, run_dir)
@@ -309,7 +311,7 @@ def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
             break
         if i < len(names):  # after the last notebook the final status below is the next write: a run
             keep(index_pages.save_status, run_dir, status)  # stopped in between never reads as done yet "running"
-            keep(_refresh_pages, run_dir, plan.outputs_dir)
+            keep(refresh_pages, run_dir, plan.outputs_dir)
     if result.ok and keep.problems:
         result = RunResult(run_dir=run_dir, ok=False, failed_notebook="run files", error=keep.problems[0])
         status["status"], status["failure"] = "failed", {"notebook": "run files", "error": keep.problems[0]}
@@ -319,5 +321,5 @@ def _run_locked(plan: _Plan, overrides, only, progress: bool, log) -> RunResult:
     status["ended"] = provenance.now_iso()
     if not keep(index_pages.save_status, run_dir, status):
         result.status_error = keep.problems[-1]
-    keep(_refresh_pages, run_dir, plan.outputs_dir)
+    keep(refresh_pages, run_dir, plan.outputs_dir)
     return result

@@ -36,7 +36,7 @@ from cxr_helpers.paths import check_writable, notebooks_dir, outputs_root, proje
 from cxr_helpers.run import sweep_optuna
 from cxr_helpers.run.html import notebook_to_html
 from cxr_helpers.run.index_pages import write_outputs_index
-from cxr_helpers.run.runner import kernel_for_this_python, select_notebooks
+from cxr_helpers.run.runner import kernel_for_this_python, refresh_pages, select_notebooks
 from cxr_helpers.run.sweep_pages import BEST_DIR, COMPARE_HTML, write_sweep_index
 from cxr_helpers.run.sweep_point import PointOutcome, run_point, run_state, stop_all_points, validation_auroc
 from cxr_helpers.run.sweep_spec import Point, SweepSpec, grid_points, value_text
@@ -121,7 +121,10 @@ class _Sweep:
         return run_state(self.run_dir(point), self.notebooks, self.opts.torchrun)
 
     def tally(self, status: str, point: Optional[Point] = None) -> None:
-        """Count a point's outcome and move the sweep's progress bar."""
+        """Count a point's outcome and move the sweep's progress bar. A finished point found without
+        its page (its run was stopped between the final status and the page write) gets its pages."""
+        if status == "done" and point is not None and not (self.run_dir(point) / "index.html").is_file():
+            refresh_pages(self.run_dir(point), self.outputs)
         with self.bar_lock:
             self.counts[status] = self.counts.get(status, 0) + 1
             if self.bar is not None:
