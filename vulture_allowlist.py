@@ -44,3 +44,6 @@ _.strip_sources
 _.show_tracebacks
 # data.imageio.read_header: the header-only reader (no pixels), public API exercised by tests/test_dicom_headers.py
 _.read_header
+# train/mixing.BatchMix: the last batch's lam and kind (mixup/cutmix), read by tests/test_mixing.py
+_.last_lam
+_.last_kind

@@ -56,6 +56,47 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message is one line a user can act on."""
 
 
+# Sources whose task is fixed whatever the files hold (data.task unset): what the config check knows
+# before any data is read.
+KNOWN_SOURCE_TASKS = {"synthetic": "multilabel", "nih_cxr14": "multilabel"}
+
+
+def normal_class_index(normal: Optional[str], classes: list[str], task: str) -> Optional[int]:
+    """Index of ``eval.normal_class`` in ``classes``: the exact name, else the one case-insensitive
+    match (``normal`` finds a ``NORMAL`` folder); None when unset.
+
+    ConfigError (one line naming ``eval.normal_class``) when the task is not multiclass, no class or
+    several classes match, or a two-class task names its positive (last) class. The config check,
+    02's start (``train.context``) and 03's rule (``evaluate.thresholds.normal_index``) all use it.
+    """
+    if not normal:
+        return None
+    if task != "multiclass":
+        raise ConfigError(
+            f"eval.normal_class: '{normal}' applies to multiclass tasks only (this run is {task}); remove the key"
+        )
+    hits = [k for k, c in enumerate(classes) if c == normal]
+    if not hits:
+        hits = [k for k, c in enumerate(classes) if c.lower() == str(normal).lower()]
+        if len(hits) > 1:
+            raise ConfigError(
+                f"eval.normal_class: '{normal}' matches several classes ({', '.join(classes[k] for k in hits)}) "
+                "in all but case; set it to exactly one of them"
+            )
+    if not hits:
+        raise ConfigError(
+            f"eval.normal_class: '{normal}' is not one of the classes ({', '.join(classes)}); "
+            "set it to the class of images without disease, or remove it"
+        )
+    k = hits[0]
+    if len(classes) == 2 and k == len(classes) - 1:
+        raise ConfigError(
+            f"eval.normal_class: '{classes[k]}' is the positive (last) class of this two-class task; "
+            f"the normal class must be '{classes[0]}' (reorder with data.classes)"
+        )
+    return k
+
+
 DEFAULT_PREVALENCE = {
     "Cardiomegaly": 0.22,
     "Effusion": 0.18,
@@ -221,6 +262,43 @@ class AugmentConfig:
 
 
 @dataclass
+class MixupConfig:
+    """Batch mixing in training (train/mixing.py); off by default (both alphas 0).
+
+    mixup: each image becomes ``lam x + (1 - lam) x'`` with a partner from the same batch, lam ~
+    Beta(alpha, alpha); cutmix: a box of area ``1 - lam`` (lam ~ Beta(cutmix_alpha, cutmix_alpha))
+    is pasted from the partner. Targets are mixed with the same lam (the pasted area for cutmix).
+    """
+
+    alpha: float = 0.0  # mixup Beta(alpha, alpha); 0 = no mixup (0.2 to 0.4 is usual)
+    cutmix_alpha: float = 0.0  # cutmix Beta(a, a); 0 = no cutmix (1.0 is usual)
+    prob: float = 1.0  # share of batches mixed at all
+    switch_prob: float = 0.5  # with both on: chance a mixed batch takes cutmix rather than mixup
+    off_epochs: int = 0  # no mixing in the last N epochs (timm's mixup_off_epoch)
+
+    @property
+    def enabled(self) -> bool:
+        """True when some batch can be mixed (an alpha above 0 and prob above 0)."""
+        return (self.alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
+
+    def __post_init__(self) -> None:
+        usual = {"alpha": "0 = off, 0.2 to 0.4 is usual", "cutmix_alpha": "0 = off, 1.0 is usual"}
+        for key, hint in usual.items():
+            v = getattr(self, key)
+            if not 0 <= v < float("inf"):
+                raise ConfigError(f"train.mixup.{key} is {v!r}; it must be a number >= 0 ({hint})")
+        shares = {"prob": "the share of batches mixed", "switch_prob": "the chance of cutmix over mixup"}
+        for key, what in shares.items():
+            v = getattr(self, key)
+            if not 0 <= v <= 1:
+                raise ConfigError(f"train.mixup.{key} is {v!r}; it must be in [0, 1] ({what})")
+        if self.off_epochs < 0:
+            raise ConfigError(
+                f"train.mixup.off_epochs is {self.off_epochs}; it must be >= 0 (epochs at the end without mixing)"
+            )
+
+
+@dataclass
 class TrainConfig:
     """Optimisation loop."""
 
@@ -255,6 +333,15 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None  # torch CPU threads; None = all cores when idle, 1 when the load is high
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
+
+    def __post_init__(self) -> None:
+        m = self.mixup
+        if m.enabled and m.off_epochs >= self.epochs:
+            raise ConfigError(
+                f"train.mixup.off_epochs ({m.off_epochs}) leaves none of train.epochs ({self.epochs}) mixed; "
+                "lower it, or set train.mixup.alpha and cutmix_alpha to 0 to train without mixing"
+            )
 
 
 @dataclass
@@ -265,6 +352,10 @@ class EvalConfig:
     ci: float = 0.95
     threshold_policy: str = "youden"  # youden | max_f1 | sensitivity
     target_sensitivity: float = 0.95
+    # multiclass, 3+ classes: triage decision (a disease when its p reaches its threshold, else this
+    # class); must name one of the classes (normal_class_index: at load against data.classes, and
+    # when 02 starts against the prepared classes)
+    normal_class: Optional[str] = None
     calibrate: bool = True  # temperature scaling fitted on validation
     n_bins: int = 10  # calibration bins
     targets: dict[str, float] = field(default_factory=dict)  # e.g. {macro_auroc: 0.86}
@@ -350,6 +441,12 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        d = self.data
+        task = d.task or KNOWN_SOURCE_TASKS.get(d.source)
+        if self.eval.normal_class and (d.classes or task == "multilabel"):
+            normal_class_index(self.eval.normal_class, list(d.classes or []), task or "multiclass")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON serialisable)."""
@@ -491,7 +588,10 @@ def _build(cls: type, raw: Any, prefix: str, origin: str) -> Any:
                 names = ", ".join("null" if a is None else a for a in allowed)
                 raise ConfigError(f"{origin}: key '{prefix}{key}' is {value!r}; allowed: {names}")
             kwargs[key] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def _set_path(raw: dict, dotted: str, value: Any, origin: str) -> None:

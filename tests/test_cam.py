@@ -302,4 +302,4 @@ def test_gallery_probabilities_are_calibrated_like_the_thresholds(tmp_path):
     expected = apply_temperature(raw, np.array([2.0, 0.5]), "multilabel")
     np.testing.assert_allclose(probs, expected)
     assert not np.allclose(probs, raw) and "temperature scaling" in note
-    np.testing.assert_allclose(thr, 0.5)
+    np.testing.assert_allclose(thr.thresholds, 0.5)

@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 import cxr_helpers.train.context as context_mod
-import cxr_helpers.train.loop as train_mod
 from cxr_helpers.metrics import auroc, macro_mean
 from cxr_helpers.model.checkpoint import CheckpointError, ModelMeta, load_checkpoint
 from cxr_helpers.model.inference import load_model
@@ -24,7 +23,7 @@ from cxr_helpers.train.loop import TrainingError, train
 from cxr_helpers.train.predictions import PredictionsError, read_predictions
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_fixtures import tiny_config, tiny_prepared  # noqa: E402
+from train_fixtures import tiny_config, tiny_prepared, train_interrupted_then_resumed  # noqa: E402
 
 TIMING = ["epoch_seconds", "images_per_s"]
 
@@ -87,19 +86,9 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     prepared = tiny_prepared()
     full = train(tiny_config(epochs=3), tmp_path / "full", prepared, progress=False)
 
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(path, payload):
-        out = real_save(path, payload)
-        if Path(path).name == "last.pt" and payload["epoch"] == 2:
-            raise KeyboardInterrupt("killed after epoch 2")
-        return out
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(epochs=3), tmp_path / "cut", prepared, progress=False)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    resumed = train(tiny_config(epochs=3, resume=True), tmp_path / "cut", prepared, progress=False)
+    resumed = train_interrupted_then_resumed(
+        monkeypatch, tiny_config(epochs=3), tiny_config(epochs=3, resume=True), tmp_path / "cut", prepared, stop_after=2
+    )
     pd.testing.assert_frame_equal(full.history.drop(columns=TIMING), resumed.history.drop(columns=TIMING))
     wf, wr = _weights(tmp_path / "full/model/last.pt"), _weights(tmp_path / "cut/model/last.pt")
     assert all(torch.equal(wf[k], wr[k]) for k in wf)

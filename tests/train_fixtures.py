@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -55,3 +57,26 @@ def tiny_config(**train) -> Config:
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
+
+
+def train_interrupted_then_resumed(monkeypatch, config, resumed_config, run_dir, prepared, stop_after: int):
+    """Train ``config`` into ``run_dir`` until a simulated kill right after epoch ``stop_after``'s
+    ``last.pt`` is written, then resume with ``resumed_config`` (``train.resume: true``); the
+    resumed run's TrainResult."""
+    import pytest
+
+    import cxr_helpers.train.loop as train_mod
+
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, payload):
+        out = real_save(path, payload)
+        if Path(path).name == "last.pt" and payload["epoch"] == stop_after:
+            raise KeyboardInterrupt(f"killed after epoch {stop_after}")
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_mod.train(config, run_dir, prepared, progress=False)
+    return train_mod.train(resumed_config, run_dir, prepared, progress=False)

@@ -107,9 +107,10 @@ def build_ensemble(group: str, members: list[RunRecord], n_boot: Optional[int] =
     calib = calibration_summary(val.Y, val.P, test.Y, test.P, classes, task, ev.n_bins)
     rule = calibration_record(calib, classes, task, applied=ev.calibrate)
     P_val_dec, P_test_dec = decision_probs(val.P, rule, task), decision_probs(test.P, rule, task)
-    thr, notes = fit_thresholds(val.Y, P_val_dec, classes, ev.threshold_policy, ev.target_sensitivity, task)
+    thr, notes = fit_thresholds(val.Y, P_val_dec, classes, ev.threshold_policy, ev.target_sensitivity, task,
+                                ev.normal_class)
     metrics = evaluate(test.Y, test.P, classes, task, thr, test.patient_id, boot, ref.cfg.seed, ev.ci,
-                       P_decision=P_test_dec)
+                       P_decision=P_test_dec, normal=ev.normal_class)
     metrics["calibration"] = {"applied": ev.calibrate, **headline_calibration(calib, ev.calibrate)}
     scored = [(val_headline(m), m) for m in members]
     best_auc, best = max(scored, key=lambda t: -np.inf if t[0] is None else t[0])
@@ -177,7 +178,7 @@ def write_ensemble(ens: Ensemble, folder: str | Path) -> list[Path]:
     write_decision_predictions(folder, classes, rule)
     paths += [
         save_thresholds(folder / "thresholds.json", ens.thresholds, ev.threshold_policy, ev.target_sensitivity,
-                        ens.task, ens.threshold_notes, ens.calibrate),
+                        ens.task, ens.threshold_notes, ens.calibrate, normal=ev.normal_class),
         save_calibration(folder / "calibration.json", ens.calibration, classes, ens.task, ev.n_bins,
                          applied=ens.calibrate),
         save_metrics(folder / METRICS_FILE, ens.metrics),

@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from cxr_helpers.config import Config, ConfigError, load_config
+from cxr_helpers.evaluate.calibration import CalibrationError, decision_probs, read_calibration
 from cxr_helpers.evaluate.report import evaluate, headline_entries, read_metrics
 from cxr_helpers.evaluate.thresholds import ThresholdError, read_thresholds
 from cxr_helpers.metrics import fmt, fmt_ci, headline_auroc
@@ -229,17 +230,23 @@ def seed_groups(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
 
 def run_metrics(run: RunRecord, n_boot: Optional[int] = None) -> dict[str, Any]:
     """The run's ``metrics.json``; when 03 has not written one, the same evaluation computed from
-    its test predictions and thresholds (0.5 without ``thresholds.json``), marked ``"recomputed"``."""
+    its test predictions and thresholds (0.5 without ``thresholds.json``), marked ``"recomputed"``,
+    by the same rule (triage with the file's normal class, else the config's ``eval.normal_class``)
+    on the same probabilities (temperature-scaled where ``calibration.json`` says 03 applied it)."""
     if run.metrics is not None:
         return run.metrics
     test = run.predictions("test")
-    try:
-        thr = read_thresholds(run.dir, run.classes, run.task)
-    except ThresholdError as exc:
-        raise CompareError(str(exc)) from None
     ev = run.cfg.eval
+    try:
+        thr = read_thresholds(run.dir, run.classes, run.task, normal=ev.normal_class)
+        calibration = read_calibration(run.dir, run.classes)
+    except (ThresholdError, CalibrationError) as exc:
+        raise CompareError(str(exc)) from None
+    normal = run.classes[thr.normal] if thr.normal is not None else None
+    P_decision = decision_probs(test.P, calibration, run.task)
     m = evaluate(test.Y, test.P, run.classes, run.task, dict(zip(run.classes, thr.thresholds.tolist())),
-                 test.patient_id, n_boot or ev.n_bootstrap, run.cfg.seed, ev.ci)
+                 test.patient_id, n_boot or ev.n_bootstrap, run.cfg.seed, ev.ci, P_decision=P_decision,
+                 normal=normal)
     m["recomputed"] = f"no metrics.json in {run.dir}: computed here from predictions/test.csv ({thr.source})"
     run.metrics = m
     return m

@@ -131,11 +131,14 @@ def confusion_grid(metrics: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-def multiclass_confusion(cm: np.ndarray, classes: list[str]) -> plt.Figure:
+def multiclass_confusion(cm: np.ndarray, classes: list[str], title: Optional[str] = None) -> plt.Figure:
     """Counts and row-normalised rates (recall on the diagonal) of the run's decision rule
-    (``metrics.json`` ``multiclass.confusion``: one threshold for two classes, else arg-max)."""
+    (``metrics.json`` ``multiclass.confusion``: one threshold for two classes, the triage rule with
+    a normal class, else arg-max); ``title`` names the rule on the figure."""
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.0 * len(classes) + 1.5))
+    if title:
+        ax.set_title(title, fontsize=9)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):

@@ -15,6 +15,9 @@ This module is the one writer (:func:`save_metrics`) and reader (:func:`read_met
      "decision_rule": sentence, "probabilities": {"ranking", "decisions"},
      "multilabel": {...} | "multiclass": {"accuracy": CI, "balanced_accuracy": CI, "cohen_kappa": CI,
                                           "confusion", "decision"},
+     "triage"? (``eval.normal_class``, more than two classes): {"normal_class", "disease_classes",
+                "any_disease": {"n_sick", "n_normal", "missed", "false_alarms", "sensitivity": CI,
+                                "specificity": CI}},
      "calibration": {"applied", "ece", "brier"}, "targets": [...], "summary": [...],
      "leakage_warnings": [line, ...] (the data check's warnings; [] when none),
      "subgroups"?, "robustness"?, "tta"?}
@@ -38,8 +41,15 @@ import numpy as np
 import pandas as pd
 
 from cxr_helpers.evaluate.bootstrap import bootstrap_samples, ci, class_ci, headline_samples
-from cxr_helpers.evaluate.thresholds import decide, rule_sentence, table_calls, threshold_record
+from cxr_helpers.evaluate.thresholds import (
+    ThresholdRecord,
+    decide,
+    rule_sentence,
+    table_calls,
+    threshold_record,
+)
 from cxr_helpers.metrics import (
+    at_threshold,
     auroc,
     average_precision,
     binary_counts,
@@ -72,19 +82,22 @@ def evaluate(
     seed: int = 0,
     level: float = 0.95,
     P_decision: Optional[np.ndarray] = None,
+    normal: Optional[str] = None,
 ) -> dict[str, Any]:
     """The metrics.json dict for the test split.
 
     Y: (N, C) 0/1, NaN where unknown (masked: left out of that class's metrics); P: (N, C) probabilities for ranking metrics (AUROC, AP); P_decision: the
     probabilities decisions are made on (calibrated ones; default P), by the task's rule
     (``evaluate.thresholds.decide``). Bootstraps patients when a patient has several images, else images.
+    normal: ``eval.normal_class``; with more than two classes the rule is triage and ``triage``
+    (any disease vs normal) is added.
     """
     Pd = P if P_decision is None else P_decision
     n, c = Y.shape
     repeat = patient_ids is not None and len(np.unique(patient_ids)) < n
     groups = patient_ids if repeat else None
     thr = np.array([thresholds.get(cls, 0.5) for cls in classes])
-    record = threshold_record(thr, classes, task)
+    record = threshold_record(thr, classes, task, normal=normal)
     calls = table_calls(Pd, record)
     pred_index = decide(Pd, record).argmax(1) if task == "multiclass" else None
     S = bootstrap_samples(
@@ -159,7 +172,103 @@ def evaluate(
             "confusion": mc["confusion"].tolist(),
             "decision": out["decision_rule"],
         }
+    if record.rule == "triage":
+        out["triage"] = triage_metrics(Y, P, pred_index, record, classes, groups, n_boot, seed, level)
     return out
+
+
+def triage_metrics(
+    Y: np.ndarray,
+    P: np.ndarray,
+    pred_index: np.ndarray,
+    record: ThresholdRecord,
+    classes: list[str],
+    groups: Optional[np.ndarray] = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The triage question on one split: how many sick images are called normal, and how many
+    normal ones are flagged. Y: (N, C) one-hot (NaN rows left out); P: (N, C) probabilities
+    (``1 - p_normal`` ranks "any disease"); pred_index: (N,) the triage decision's class per image.
+    Sensitivity/specificity of "any disease vs normal" with bootstrap CIs (same resampling as
+    :func:`evaluate`)."""
+    k = int(record.normal or 0)
+    ok = known(Y).all(axis=1)
+    sick = np.where(ok, 1.0 - np.nan_to_num(Y[:, k]), np.nan)
+    flagged = np.asarray(pred_index) != k
+    counts = binary_counts(sick, flagged)
+    rates = rates_from_counts(counts)
+    S = bootstrap_samples(
+        sick[:, None], 1.0 - np.asarray(P, float)[:, k : k + 1], groups, n_boot, seed, micro=False,
+        calls=flagged[:, None],
+    )
+    return {
+        "normal_class": classes[k],
+        "disease_classes": [c for j, c in enumerate(classes) if j != k],
+        "any_disease": {
+            "n_sick": counts["tp"] + counts["fn"],
+            "n_normal": counts["tn"] + counts["fp"],
+            "missed": counts["fn"],
+            "false_alarms": counts["fp"],
+            "sensitivity": ci(rates["sensitivity"], S["sensitivity"][:, 0], level, reason="no sick images"),
+            "specificity": ci(rates["specificity"], S["specificity"][:, 0], level, reason="no normal images"),
+        },
+    }
+
+
+def triage_statements(
+    metrics: dict[str, Any],
+    Y_val: Optional[np.ndarray] = None,
+    P_val: Optional[np.ndarray] = None,
+    policy: Optional[str] = None,
+    target_sensitivity: Optional[float] = None,
+) -> list[str]:
+    """Plain sentences for a triage run (``metrics["triage"]``): per disease class, the sensitivity
+    its threshold reaches on validation (where it was fitted) and on test, against the target; then
+    any disease vs normal on test (:func:`any_disease_sentence`). Y_val, P_val: (N, C) validation
+    truth and decision probabilities; without them (``report.md``, which has only metrics.json)
+    the test side only."""
+    tri = metrics.get("triage")
+    if not tri:
+        return []
+    classes = list(metrics["classes"])
+    aim = policy == "sensitivity" and target_sensitivity is not None
+    lines = []
+    for cls in tri["disease_classes"]:
+        k = classes.index(cls)
+        e = metrics["per_class"][cls]
+        test_sens = e["sensitivity"]
+        if Y_val is None or P_val is None:
+            lines.append(f"**{cls}** (flagged when p_{cls} >= {e['threshold']:.4g}): sensitivity "
+                         f"{fmt_ci(test_sens)} on test.")
+            continue
+        val_sens = at_threshold(Y_val[:, k], P_val[:, k], e["threshold"])["sensitivity"]
+        verdict = ""
+        if aim:
+            verdict = "; target " + fmt(target_sensitivity, 2) + ": " + ", ".join(
+                f"{where} {'met' if v is not None and v >= target_sensitivity - 1e-12 else 'NOT met'}"
+                for where, v in (("validation", val_sens), ("test", test_sens.get("value")))
+            )
+        lines.append(
+            f"**{cls}** (flagged when p_{cls} >= {e['threshold']:.4g}): sensitivity {fmt(val_sens)} on "
+            f"validation, where the threshold was fitted, and {fmt_ci(test_sens)} on test{verdict}."
+        )
+    lines.append(f"**Any disease vs {tri['normal_class']}** on test (the triage question): "
+                 + any_disease_sentence(metrics))
+    return lines
+
+
+def any_disease_sentence(metrics: dict[str, Any]) -> str:
+    """Any disease vs the normal class on test (``metrics["triage"]["any_disease"]``) in one
+    sentence: sensitivity and missed sick images, specificity and flagged normal ones."""
+    tri = metrics["triage"]
+    a, normal = tri["any_disease"], tri["normal_class"]
+    return (
+        f"sensitivity {fmt_ci(a['sensitivity'])}, {a['missed']} of {a['n_sick']} sick images called "
+        f"{normal} (missed); specificity {fmt_ci(a['specificity'])}, {a['false_alarms']} of "
+        f"{a['n_normal']} {normal} images flagged."
+    )
 
 
 def _rate_reason(metric: str, op: dict[str, Any]) -> str:
@@ -268,10 +377,17 @@ def target_check(
 
 
 def worst_classes_summary(metrics: dict[str, Any], k: int = 3) -> list[str]:
-    """Sentences on the ``k`` lowest-AUROC classes and undefined ones, for a reader in a hurry."""
+    """Sentences on the ``k`` lowest-AUROC classes and undefined ones, for a reader in a hurry.
+
+    Each names the class's threshold and what it misses there, so classes whose threshold decides
+    nothing are left out: the negative class of a two-class run, the normal class under triage
+    (whose misses are the any-disease line added last instead)."""
     pc = metrics["per_class"]
+    tri = metrics.get("triage")
     if metrics["task"] == "multiclass" and len(pc) == 2:  # binary: the positive class says it all
         pc = {metrics["classes"][-1]: pc[metrics["classes"][-1]]}
+    elif tri:
+        pc = {c: e for c, e in pc.items() if c != tri["normal_class"]}
     scored = sorted((e["auroc"]["value"], cls) for cls, e in pc.items() if e["auroc"]["value"] is not None)
     lines = []
     for _val, cls in scored[: min(k, max(len(scored) - 1, 1))]:
@@ -287,6 +403,8 @@ def worst_classes_summary(metrics: dict[str, Any], k: int = 3) -> list[str]:
             lines.append(
                 f"{cls}: AUROC undefined on test ({e['auroc'].get('reason', 'undefined')}); nothing to judge it on."
             )
+    if tri:
+        lines.append(f"any disease vs {tri['normal_class']} (the triage decision): {any_disease_sentence(metrics)}")
     return lines
 
 
@@ -306,7 +424,8 @@ def write_report_md(
     extra: Optional[dict[str, str]] = None,
     synthetic: bool = False,
 ) -> Path:
-    """``report.md`` in the run dir: headline, per-class table, target check, worst classes."""
+    """``report.md`` in the run dir: headline, per-class table, target check, a triage section
+    (triage runs: :func:`triage_statements` on test), worst classes."""
     b = metrics["bootstrap"]
     lines = ["# Error analysis (test split)", ""]
     if synthetic:
@@ -325,6 +444,8 @@ def write_report_md(
         "",
         _md_table(targets) if len(targets) else "No targets set (eval.targets in the config).",
         "",
+        *(["## Triage (any disease vs normal)", "", *[f"- {s}" for s in triage_statements(metrics)], ""]
+          if metrics.get("triage") else []),
         "## Worst classes",
         "",
         *[f"- {s}" for s in summary],

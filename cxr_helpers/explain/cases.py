@@ -14,7 +14,7 @@ import numpy as np
 
 from cxr_helpers.config import CamConfig
 from cxr_helpers.data.types import PreparedData
-from cxr_helpers.evaluate.thresholds import decide, threshold_record
+from cxr_helpers.evaluate.thresholds import ThresholdRecord, decide, threshold_record
 from cxr_helpers.explain.cam import compute_cams
 from cxr_helpers.explain.localization import box_mask
 from cxr_helpers.metrics import known
@@ -137,7 +137,7 @@ def gallery_cases(
     data: PreparedData,
     rows: np.ndarray,
     probs: np.ndarray,
-    thresholds: np.ndarray,
+    thresholds: np.ndarray | ThresholdRecord,
     k: int,
     n: int,
     method: str,
@@ -147,14 +147,18 @@ def gallery_cases(
     """Overlay kwargs for class ``k``'s most confident TPs, FPs and FNs (maps explain class ``k``).
 
     rows: (N,) PreparedData indices; probs: (N, C) decision probabilities of those rows;
-    thresholds: (C,) as ``thresholds.json`` holds them. Right and wrong follow the run's decision
-    rule (``evaluate.thresholds.decide``: per class, one threshold on the positive class, or
+    thresholds: the run's ThresholdRecord (``decision_probabilities``), or (C,) as ``thresholds.json``
+    holds them (the task's default rule). Right and wrong follow the run's decision rule
+    (``evaluate.thresholds.decide``: per class, one threshold on the positive class, triage, or
     arg-max), as in 03 and 05. Maps run on ``clf.model`` with ``clf.preprocess`` (float32).
     """
     y = data.labels()[rows]
     p = probs
-    calls = decide(p, threshold_record(thresholds, list(data.classes), data.task))
-    sel = select_cases(y, p, k, float(thresholds[k]), n, predicted=calls[:, k])
+    record = thresholds if isinstance(thresholds, ThresholdRecord) else threshold_record(
+        thresholds, list(data.classes), data.task
+    )
+    calls = decide(p, record)
+    sel = select_cases(y, p, k, float(record.thresholds[k]), n, predicted=calls[:, k])
     out: dict[str, list[dict]] = {}
     for group, idx in sel.items():
         if len(idx) == 0:

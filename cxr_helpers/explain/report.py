@@ -22,6 +22,7 @@ from cxr_helpers.data.types import PreparedData
 from cxr_helpers.evaluate.calibration import decision_probs, read_calibration
 from cxr_helpers.evaluate.thresholds import (
     ThresholdError,
+    ThresholdRecord,
     read_thresholds,
     rule_mismatch,
     rule_sentence,
@@ -201,13 +202,17 @@ def decision_probabilities(
     run_dir: str | Path,
     split: str = "test",
     batch_size: int = 64,
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """(len(rows), C) probabilities galleries pick cases on, per-class thresholds (C,), and a note.
+    normal: Optional[str] = None,
+) -> tuple[np.ndarray, ThresholdRecord, str]:
+    """(len(rows), C) probabilities galleries pick cases on, 03's decision rule (a ThresholdRecord:
+    ``.thresholds`` (C,), the rule, triage's normal class), and a note.
 
     The probabilities decisions are made on (``evaluate.calibration.decision_probs``: 03's
     temperature where 03 applied it, because 03 fits ``thresholds.json`` on those calibrated
     validation probabilities) and 03's thresholds (``evaluate.thresholds.read_thresholds``; 0.5
-    without the file).
+    without the file, by the triage rule when ``normal``, the config's ``eval.normal_class``, is
+    set). The note ends with the record's warnings (missing file, a rule the file states but this
+    model cannot apply), so 04 shows them.
     """
     classes = data.classes
     probs, note = model_probabilities(clf, data, rows, run_dir, split, batch_size)
@@ -216,18 +221,18 @@ def decision_probabilities(
     probs = decision_probs(probs, calibration, data.task)
     notes.append(f"calibration: {calibration.source}")
     try:
-        record = read_thresholds(run_dir, classes, data.task)
-        thr = record.thresholds
+        record = read_thresholds(run_dir, classes, data.task, normal=normal)
         notes.append(f"thresholds: {record.source}")
         mismatch = rule_mismatch(record, calibration)
         if mismatch:
             notes.append(mismatch)
-    except ThresholdError:
+    except ThresholdError as exc:
         thr = np.full(len(classes), 0.5)
-        notes.append("thresholds: 0.5")
+        notes.append(f"thresholds: 0.5 ({exc})")
         record = threshold_record(thr, list(classes), data.task)
     notes.append(rule_sentence(record, list(classes)))
-    return probs, np.asarray(thr, float), "; ".join(notes)
+    notes += record.warnings
+    return probs, record, "; ".join(notes)
 
 
 def has_confounder(cfg: Config, data: PreparedData) -> bool:

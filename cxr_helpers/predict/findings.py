@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from cxr_helpers.config import config_from_dict
-from cxr_helpers.evaluate.thresholds import decide, rule_sentence, threshold_record
+from cxr_helpers.evaluate.thresholds import ThresholdRecord, decide, rule_sentence, threshold_record
 from cxr_helpers.paths import DiskWriteError, check_writable, resolve_path, write_json, write_text
 from cxr_helpers.predict import single
 from cxr_helpers.predict.inputs import SKIPPED_COLUMNS, WARNING_COLUMNS, collect_files, printable_name
@@ -64,7 +64,7 @@ def findings_table(
     probs: np.ndarray,
     classes: list[str],
     task: str,
-    thresholds: np.ndarray,
+    thresholds: np.ndarray | ThresholdRecord,
     called: Optional[np.ndarray] = None,
 ) -> pd.DataFrame:
     """Per-image findings.
@@ -77,13 +77,15 @@ def findings_table(
     (highest-probability class, called or not, and its probability), multiclass ``predicted``
     (the one called class; no top finding that could disagree with it). ``called``: (N, C) bool,
     the calls already made by the predictor's rule (``Predictor.calls``); without it the rule is
-    rebuilt from ``thresholds`` and ``task``.
+    ``thresholds`` when that is a ThresholdRecord (``Predictor.rules``: triage keeps its normal
+    class), else the task's default rule rebuilt from the (C,) thresholds and ``task``.
     """
     probs = np.asarray(probs, dtype=float).reshape(len(files), len(classes))
     if called is not None:
         pos = np.asarray(called, dtype=bool).reshape(probs.shape)
     else:
-        pos = decide(probs, threshold_record(thresholds, classes, task))
+        record = thresholds if isinstance(thresholds, ThresholdRecord) else threshold_record(thresholds, classes, task)
+        pos = decide(probs, record)
     table = pd.DataFrame({"image": [Path(f).name for f in files], "path": [str(f) for f in files]})
     for k, c in enumerate(classes):
         table[f"p_{c}"] = probs[:, k]

@@ -100,6 +100,17 @@ class Predictor:
         """The decision rule in one sentence (``evaluate.thresholds.rule_sentence``)."""
         return rule_sentence(self.rules, self.classes)
 
+    @property
+    def decisive_thresholds(self) -> np.ndarray:
+        """(C,) thresholds, NaN where the rule uses none (every class under arg-max, the normal
+        class under triage): what probability bars mark."""
+        thr = np.asarray(self.thresholds, dtype=float).copy()
+        if self.rules.rule == "argmax":
+            thr[:] = np.nan
+        elif self.rules.rule == "triage" and self.rules.normal is not None:
+            thr[self.rules.normal] = np.nan
+        return thr
+
     def decide(self, raw: np.ndarray) -> np.ndarray:
         """The probabilities findings are called on: ``raw`` (N, C) calibrated where 03 calibrated."""
         return decision_probs(raw, self.calibration, self.task)
@@ -110,9 +121,11 @@ class Predictor:
 
     def rules_table(self) -> pd.DataFrame:
         """One row per class: threshold, whether the decision uses it (all for multilabel, the
-        positive class's for two classes, none for arg-max), its source, temperature."""
+        positive class's for two classes, none for arg-max, every disease's but not the normal
+        class's for triage), its source, temperature."""
         temps = self.calibration.temperatures if self.calibration.in_use else None
-        used = {"per_class": [True] * len(self.classes), "argmax": [False] * len(self.classes)}.get(
+        used = {"per_class": [True] * len(self.classes), "argmax": [False] * len(self.classes),
+                "triage": [k != self.rules.normal for k in range(len(self.classes))]}.get(
             self.rules.rule, [k == self.rules.positive for k in range(len(self.classes))]
         )
         return pd.DataFrame(
@@ -135,11 +148,12 @@ def prep_settings(meta: ModelMeta, cfg: Any = None) -> DataConfig:
 
 
 def decision_rules(
-    run_dir: Path, classes: list[str], task: Optional[str] = None
+    run_dir: Path, classes: list[str], task: Optional[str] = None, normal: Optional[str] = None
 ) -> tuple[ThresholdRecord, CalibrationRecord, list[str]]:
-    """The run's thresholds (with the rule of the model's ``task``) and calibration records, and
-    the warnings about them (one line each)."""
-    rules = read_thresholds(run_dir, classes, task)
+    """The run's thresholds (with the rule of the model's ``task``; ``normal``, ``eval.normal_class``,
+    gives the triage rule when ``thresholds.json`` is missing) and calibration records, and the
+    warnings about them (one line each)."""
+    rules = read_thresholds(run_dir, classes, task, normal)
     calibration = read_calibration(run_dir, classes)
     mismatch = rule_mismatch(rules, calibration)
     return rules, calibration, list(rules.warnings) + ([mismatch] if mismatch else [])
@@ -157,9 +171,10 @@ def load_predictor(run_dir: str | Path, cfg: Any = None, device: str = "auto") -
         raise PredictError(f"run dir not found: {run_dir} (train first: cxr run CONFIG, or point at a run dir)")
     clf = load_model(run_dir, device)
     threads = apply_threads(cfg.train.threads if cfg is not None else None, clf.device)
-    rules, calibration, notes = decision_rules(run_dir, clf.classes, clf.task)
-    reference, reference_note = read_reference(run_dir)
     cam_cfg = cfg if cfg is not None else (clf.meta.config if clf.meta is not None else None)
+    normal = getattr(getattr(cam_cfg, "eval", None), "normal_class", None)
+    rules, calibration, notes = decision_rules(run_dir, clf.classes, clf.task, normal)
+    reference, reference_note = read_reference(run_dir)
     return Predictor(
         classifier=clf,
         classes=clf.classes,

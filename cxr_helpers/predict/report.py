@@ -183,6 +183,22 @@ def describe(predictor: Predictor, cfg: Any = None) -> str:
     return "\n".join(lines)
 
 
+def rule_markdown(predictor: Predictor) -> str:
+    """Markdown for 05's findings table: this run's decision rule (its sentence) and what the
+    table's columns mean under it, so the narrative never describes another task's rule."""
+    rule = predictor.rules.rule
+    if rule == "per_class":
+        columns = ("`findings` lists every class whose probability reaches its threshold (none, one or "
+                   "several); `top_finding` is the most probable class, called or not.")
+    elif rule == "triage":
+        normal = predictor.classes[int(predictor.rules.normal or 0)]
+        columns = (f"`predicted` is the one class the rule calls: a flagged disease, else {normal}; an image "
+                   f"can be called a disease although {normal} is its most probable class.")
+    else:
+        columns = "`predicted` is the one class the rule calls."
+    return f"**This run's rule.** {predictor.rule_sentence} {columns}"
+
+
 def choose_inputs(inputs: Any, cfg: Any, run_dir: str | Path) -> tuple[list[str], str]:
     """The files/folders to predict and a sentence saying where they came from.
 
@@ -286,6 +302,7 @@ def batch_markdown(result: PredictionResult, predictor: Predictor) -> str:
 
 
 def tick_thresholds(predictor: Predictor) -> Optional[np.ndarray]:
-    """Thresholds to mark on probability bars (C,): None under the arg-max rule, where no
-    threshold decides anything."""
-    return None if predictor.rules.rule == "argmax" else predictor.thresholds
+    """Thresholds to mark on probability bars (C,), NaN (no tick) where the rule uses none (the
+    normal class under triage); None under the arg-max rule, where no threshold decides anything."""
+    thr = predictor.decisive_thresholds
+    return None if np.isnan(thr).all() else thr

@@ -49,8 +49,8 @@ class ImageResult:
 
     ok: False when the file could not be read; ``error`` is then one line naming it and nothing
     else is filled. probabilities: class -> decision probability in [0, 1] (calibrated where 03
-    calibrated; ``raw_probabilities`` the model's own); thresholds: the run's validation thresholds;
-    decisions: class -> called by 03's rule. image: uint8 (S, S), the prepared image the model saw
+    calibrated; ``raw_probabilities`` the model's own); thresholds: the run's validation thresholds
+    (not triage's normal class, whose threshold decides nothing); decisions: class -> called by 03's rule. image: uint8 (S, S), the prepared image the model saw
     (overlays are on it); overlays: called class (the top class when none is called) -> uint8
     (S, S, 3) Grad-CAM overlay, empty without ``cam``. warnings: one line each, keyed by
     ``warning_checks`` (``predict.quality``); findings_text: the findings in plain words;
@@ -106,6 +106,12 @@ def findings_sentence(predictor: Predictor, probs: np.ndarray, called: np.ndarra
             f"Predicted: {classes[k]} (probability of {classes[pos]} {probs[pos]:.2f} {side} its "
             f"threshold {thr[pos]:.2f})."
         )
+    if predictor.rules.rule == "triage":
+        normal = int(predictor.rules.normal or 0)
+        k = int(np.argmax(called))
+        if k == normal:
+            return f"Predicted: {classes[k]} (no disease reaches its threshold)."
+        return f"Predicted: {classes[k]} (probability {probs[k]:.2f} >= its threshold {thr[k]:.2f})."
     hits = [k for k in np.argsort(-probs, kind="stable") if called[k]]
     if not hits:
         k = int(np.argmax(probs))
@@ -196,7 +202,8 @@ def _score_chunk(
         n = min(cam, len(good))
         overlays[:n], cam_note = _overlay_maps(predictor, images[:n], probs[:n], calls[:n], max_cams, cam_method,
                                                target_layer)  # fmt: skip
-    thresholds = {c: float(t) for c, t in zip(predictor.classes, predictor.thresholds)}
+    unused = predictor.rules.normal if predictor.rules.rule == "triage" else None  # triage's normal decides nothing
+    thresholds = {c: float(t) for k, (c, t) in enumerate(zip(predictor.classes, predictor.thresholds)) if k != unused}
     out, j = [], 0
     for name, path, prepared, error in chunk:
         if prepared is None:

@@ -219,7 +219,11 @@ def section_model(files: RunFiles) -> Section:
         sec.lines.append(
             f"- Training settings: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g}, weight decay {t.weight_decay:g}, "
             f"scheduler {t.scheduler} (warm-up {t.warmup_epochs:g}), label smoothing {t.label_smoothing:g}, "
-            f"EMA {'on' if t.ema else 'off'}, early stopping "
+            f"EMA {'on' if t.ema else 'off'}"
+            + (f", mixup α {t.mixup.alpha:g} / cutmix α {t.mixup.cutmix_alpha:g} (p {t.mixup.prob:g}"
+               + (f", off for the last {t.mixup.off_epochs} epochs" if t.mixup.off_epochs else "") + ")"
+               if t.mixup.enabled else "")
+            + ", early stopping "
             f"{t.early_stopping_patience if t.early_stopping_patience else 'off'}; seed {cfg.seed}."
         )
         sec.lines.append(f"- Augmentation: {aug}.")
@@ -365,7 +369,11 @@ def policy_text(thresholds: dict[str, Any]) -> str:
 
 
 def section_operating_point(files: RunFiles) -> Section:
-    """The threshold policy, where it was fitted, the rule and the thresholds (thresholds.json, metrics.json)."""
+    """The threshold policy, where it was fitted, the rule and the thresholds (thresholds.json, metrics.json).
+
+    One row per threshold the rule uses: the positive class's alone for two classes; under triage
+    each disease's, then any disease vs normal (metrics.json ``triage``) instead of the normal
+    class's, whose threshold decides nothing."""
     title, sources = "Operating point", ("thresholds.json", "metrics.json")
     thr = files.thresholds
     if not thr:
@@ -378,6 +386,7 @@ def section_operating_point(files: RunFiles) -> Section:
     )
     sec.lines.append(f"- {thr.get('rule', '')}")
     per_class = (files.metrics or {}).get("per_class") or {}
+    triage = (files.metrics or {}).get("triage") if thr.get("decision") == "triage" else None
     rows = []
     for cls, t in (thr.get("thresholds") or {}).items():
         e = per_class.get(cls) or {}
@@ -392,6 +401,19 @@ def section_operating_point(files: RunFiles) -> Section:
         )
     if thr.get("decision") == "positive_class" and thr.get("positive_class"):
         rows = [r for r in rows if r["class"] == thr["positive_class"]]
+    if thr.get("decision") == "triage":
+        rows = [r for r in rows if r["class"] != thr.get("normal_class")]
+    if triage:
+        a = triage["any_disease"]
+        rows.append(
+            {
+                "class": f"any disease vs {triage['normal_class']}",
+                "threshold": "each disease's",
+                "test sensitivity (95% CI)": fmt_ci(a["sensitivity"]),
+                "test specificity (95% CI)": fmt_ci(a["specificity"]),
+                "missed / false alarms": f"{a['missed']} / {a['false_alarms']}",
+            }
+        )
     if rows:
         sec.lines += [""] + md_table(pd.DataFrame(rows))
     for cls, note in (thr.get("notes") or {}).items():

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxr_helpers.config import Config
+from cxr_helpers.config import Config, normal_class_index
 from cxr_helpers.data.cache import prepare
 from cxr_helpers.data.loader import default_num_workers, make_loader
 from cxr_helpers.data.types import PreparedData
@@ -158,6 +158,8 @@ def setup_run(cfg: Config, run_dir: Path, prepared: Optional[PreparedData]) -> R
     """Resolve everything a run needs (see ``RunContext``); builds ``prepared`` from ``cfg.data`` when None.
 
     Order matters for reproducibility: the model is created right after ``seed_everything``.
+    A wrong ``eval.normal_class`` fails here, once the classes are known and before any training
+    (``config.normal_class_index``; ConfigError, one line), not in 03 after it.
     """
     tc = cfg.train
     problem = pretrained_problem(cfg.model)  # before the (possibly long) data preparation
@@ -166,6 +168,7 @@ def setup_run(cfg: Config, run_dir: Path, prepared: Optional[PreparedData]) -> R
     rank, world, distributed, device, threads = _start_runtime(cfg, run_dir)
     if prepared is None:
         prepared = prepare(cfg)
+    normal_class_index(cfg.eval.normal_class, list(prepared.classes), prepared.task)
     targets = prepared.labels()
     idx = {s: prepared.split_index(s) for s in ("train", "val", "test")}
     eval_only = bool(cfg.model.checkpoint)

@@ -1,10 +1,11 @@
 """One epoch of training and one validation pass, as ``train`` calls them each epoch.
 
 ``train_one_epoch`` feeds uint8 batches through the run's ``Preprocess`` (with the device-side
-augmentation) and ``runtime.autocast``, accumulates gradients over ``train.accum_steps`` batches
-and stops with a one-line ``TrainingError`` when the loss stops being finite. ``validate`` scores
-the (EMA) model on the validation split through ``model.inference.loader_logits``, the forward
-path every later stage uses, and returns the epoch's ``history.csv`` row.
+augmentation), ``mixing.BatchMix`` (mixup/cutmix when ``train.mixup`` is on) and
+``runtime.autocast``, accumulates gradients over ``train.accum_steps`` batches and stops with a
+one-line ``TrainingError`` when the loss stops being finite. ``validate`` scores the (EMA) model
+on the validation split through ``model.inference.loader_logits``, the forward path every later
+stage uses, and returns the epoch's ``history.csv`` row.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cxr_helpers.model.inference import loader_logits, probs_from_logits
 from cxr_helpers.runtime import autocast
 from cxr_helpers.train.context import RunContext, TrainingError
 from cxr_helpers.train.distributed import gather_logits, mean_over_ranks
+from cxr_helpers.train.mixing import BatchMix
 from cxr_helpers.train.state import Optimisation
 
 
@@ -64,19 +66,27 @@ def _kept_note(run_dir: Path) -> str:
 
 
 def train_one_epoch(
-    ctx: RunContext, fwd: nn.Module, opt: Optimisation, augment: BatchAugment, epoch: int, last_path: Path
+    ctx: RunContext,
+    fwd: nn.Module,
+    opt: Optimisation,
+    augment: BatchAugment,
+    epoch: int,
+    last_path: Path,
+    mix: Optional[BatchMix] = None,
 ) -> EpochStats:
     """Train ``epoch`` (0-based) through ``fwd`` (the model, DDP-wrapped and/or compiled).
 
-    Seeds, shuffle order and augmentation are functions of (seed, epoch), so a resumed run
-    repeats the epochs it missed exactly. The caller freezes the backbone for the first
-    ``train.freeze_epochs`` epochs (before building ``fwd``: DDP must see the change); after them
+    Seeds, shuffle order, augmentation and batch mixing (``mix``; None = none) are functions of
+    (seed, epoch), so a resumed run repeats the epochs it missed exactly. The caller freezes the
+    backbone for the first ``train.freeze_epochs`` epochs (before building ``fwd``: DDP must see the change); after them
     the rate is scaled by ``finetune_lr_factor``.
     """
     cfg, tc, device, loader = ctx.cfg, ctx.cfg.train, ctx.device, ctx.train_loader
     torch.manual_seed(cfg.seed * 7919 + epoch)
     set_loader_epoch(loader, cfg.seed, epoch)
     augment.set_epoch(epoch)
+    if mix is not None:
+        mix.set_epoch(epoch)
     frozen = epoch < tc.freeze_epochs
     phase = tc.finetune_lr_factor if (tc.freeze_epochs and not frozen) else 1.0
     fwd.train()
@@ -91,11 +101,13 @@ def train_one_epoch(
     for b, (x_u8, y, _) in enumerate(loader):
         x = ctx.preprocess(x_u8, device, augment)
         y = y.to(device, non_blocking=True)
+        if mix is not None:
+            x, y = mix(x, y)
         last_micro = (b + 1) % opt.accum == 0 or b + 1 == n_batches
         with fwd.no_sync() if (ctx.distributed and not last_micro) else nullcontext():
             with autocast(device, ctx.amp):
                 logits = fwd(x)
-            loss = ctx.loss_fn(logits, y)
+            loss = mix.loss(ctx.loss_fn, logits, y) if mix is not None else ctx.loss_fn(logits, y)
             if (b % check_every == 0 or b + 1 == n_batches) and not bool(torch.isfinite(loss)):
                 raise TrainingError(
                     f"train: loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}; stopped. "

@@ -39,6 +39,7 @@ from cxr_helpers.paths import check_writable, outputs_root, resolve_path
 from cxr_helpers.train.context import RunContext, TrainingError, setup_run
 from cxr_helpers.train.distributed import barrier
 from cxr_helpers.train.epoch import monitor_value, train_one_epoch, validate
+from cxr_helpers.train.mixing import BatchMix
 from cxr_helpers.train.predictions import write_predictions
 from cxr_helpers.train.reference import build_reference, write_reference
 from cxr_helpers.train.state import Progress, build_optimisation, checkpoint_payload, resume
@@ -151,10 +152,11 @@ def fit(ctx: RunContext, loggers: Loggers, progress: bool = True) -> Progress:
     done = resume(last_path, ctx, opt) if tc.resume and last_path.is_file() else Progress()
     phase: Optional[tuple[bool, nn.Module]] = None
     augment = BatchAugment(tc.augment, ctx.cfg.seed, ctx.device)
+    mix = BatchMix(tc.mixup, tc.epochs, ctx.cfg.seed, ctx.rank) if tc.mixup.enabled else None
     bar = _epoch_bar(progress and ctx.is_main, tc.epochs, done.start_epoch)
     for epoch in range(done.start_epoch, tc.epochs):
         phase = _phase_module(ctx, epoch, phase)
-        stats = train_one_epoch(ctx, phase[1], opt, augment, epoch, last_path)
+        stats = train_one_epoch(ctx, phase[1], opt, augment, epoch, last_path, mix)
         done.images_per_s.append(stats.images_per_s)
         eval_model = opt.ema.model_copy(ctx.model) if opt.ema is not None else ctx.model
         row = validate(ctx, eval_model, epoch + 1, stats)

@@ -109,6 +109,22 @@ class SoftmaxCE(nn.Module):
         known_mean = (loss * row_known).sum() / row_w.sum().clamp(min=1e-12)
         return torch.where(row_known.all(), unmasked, known_mean)  # no host sync (see masked_mean)
 
+    def soft(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on soft target rows (N, C) summing to 1 (mixup/cutmix), smoothed as
+        ``t (1 - e) + e / C``; rows with an unknown (NaN) entry are left out.
+
+        Each row's loss is weighted by its target's class weight ``sum_c w_c t_c`` and the mean divides
+        by the sum of those weights: for one-hot rows this is exactly what ``forward`` computes
+        (F.cross_entropy's weighted mean), for a mix of classes a and b it is the lam-weighted blend."""
+        target, mask = split_known(target)
+        row_known = mask.min(dim=1).values if target.shape[1] else mask.new_ones(len(target))
+        n_classes = logits.shape[1]
+        w = self.weight.to(logits.device) if self.weight is not None else logits.new_ones(n_classes).float()
+        smoothed = target * (1.0 - self.label_smoothing) + self.label_smoothing / n_classes
+        per_row = -(smoothed * w * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+        row_w = (target * w).sum(dim=1) * row_known
+        return (per_row * row_known).sum() / row_w.sum().clamp(min=1e-12)
+
 
 class WeightedBCE(nn.Module):
     """BCE-with-logits, mean over known elements, optional per-class ``pos_weight`` (C,)."""

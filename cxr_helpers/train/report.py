@@ -13,14 +13,16 @@ from cxr_helpers.config import Config
 from cxr_helpers.data.types import PreparedData
 from cxr_helpers.model.backbones import count_parameters, create_model, forward_flops
 from cxr_helpers.train.losses import build_loss, class_balance
+from cxr_helpers.train.mixing import mixing_note
 
 
 def config_table(cfg: Config) -> pd.DataFrame:
-    """The model, training and augmentation settings as one ``section, key, value`` table."""
+    """The model, training, augmentation and batch-mixing settings as one ``section, key, value`` table."""
     rows = []
-    for section, obj in (("model", cfg.model), ("train", cfg.train), ("train.augment", cfg.train.augment)):
+    t = cfg.train
+    for section, obj in (("model", cfg.model), ("train", t), ("train.augment", t.augment), ("train.mixup", t.mixup)):
         for key, value in vars(obj).items():
-            if key == "augment":
+            if key in ("augment", "mixup"):
                 continue
             rows.append({"section": section, "key": key, "value": "null" if value is None else str(value)})
     rows.append({"section": "data", "key": "image_size", "value": str(cfg.data.image_size)})
@@ -52,7 +54,8 @@ def model_summary(cfg: Config, prepared: PreparedData) -> pd.DataFrame:
 
 def class_balance_table(cfg: Config, prepared: PreparedData) -> tuple[pd.DataFrame, str]:
     """Per class: train positives/negatives, unknown (masked) labels, prevalence among the known
-    labels (NaN where none is known), derived weights; plus the loss and its reason."""
+    labels (NaN where none is known), derived weights; plus the loss and its reason (and one line on
+    batch mixing when ``train.mixup`` is on)."""
     y = prepared.labels()[prepared.split_index("train")]
     bal = class_balance(y)
     choice = build_loss(cfg.train, prepared.task, y)
@@ -69,7 +72,9 @@ def class_balance_table(cfg: Config, prepared: PreparedData) -> tuple[pd.DataFra
         }
     )
     used = "none (unweighted)" if choice.weights is None else "yes"
-    return df, f"Loss: **{choice.name}** ({choice.reason}). Weights applied: {used}."
+    text = f"Loss: **{choice.name}** ({choice.reason}). Weights applied: {used}."
+    note = mixing_note(cfg.train.mixup, cfg.train.epochs, choice.name)
+    return df, text if note is None else f"{text}\n\n{note}"
 
 
 def plot_curves(history: pd.DataFrame | str | Path, best_epoch: Optional[int] = None):
