@@ -116,6 +116,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import yaml
 
+    if not args.config.is_file():
+        print(f"{args.config}: no such config file; give a shipped config, e.g. configs/pneumoniamnist.yaml")
+        return 2
     name = (yaml.safe_load(args.config.read_text()) or {}).get("name") or args.config.stem
     run_dir = args.run or args.runs / f"{name}-seed{args.seed}"
     record = read_record(name)
@@ -129,7 +132,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds = None
     if not (args.score_only or args.run):
         threads = [f"train.threads={record['threads']}"] if record and record.get("threads") else []
-        seconds = train_and_evaluate(args.config, args.seed, run_dir, [*threads, *args.overrides])
+        try:
+            seconds = train_and_evaluate(args.config, args.seed, run_dir, [*threads, *args.overrides])
+        except subprocess.CalledProcessError as exc:
+            print(f"cxr run failed (exit {exc.returncode}; its own line above says why); "
+                  f"nothing compared. Run dir: {run_dir}")
+            return 2
     measured = run_numbers(run_dir)
     summary_file = run_dir / "train_summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}

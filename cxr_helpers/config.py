@@ -58,7 +58,7 @@ class ConfigError(ValueError):
 
 # Sources whose task is fixed whatever the files hold (data.task unset): what the config check knows
 # before any data is read.
-KNOWN_SOURCE_TASKS = {"synthetic": "multilabel", "nih_cxr14": "multilabel"}
+KNOWN_SOURCE_TASKS = {"synthetic": "multilabel", "nih_cxr14": "multilabel", "hf": "multilabel", "pooled": "multilabel"}
 
 
 def normal_class_index(normal: Optional[str], classes: list[str], task: str) -> Optional[int]:

@@ -70,3 +70,23 @@ def test_shipped_configs_have_a_current_record(name):
     assert record["config_sha256"] == reproduce.config_sha(ROOT / record["config"]), (
         f"{record['config']} changed after its numbers were measured: re-run benchmarks/reproduce.py --record")
     assert 0.5 < record["test_auroc"] <= 1 and 0.5 < record["test_accuracy"] <= 1
+
+
+def test_a_failed_run_or_missing_config_is_one_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    assert reproduce.main([str(tmp_path / "none.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().out
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    expected = tmp_path / "expected.json"
+    monkeypatch.setattr(reproduce, "EXPECTED", expected)
+    reproduce.write_record("tiny", {"config_sha256": reproduce.config_sha(config), "test_auroc": 0.97}, expected)
+
+    def fail(*args, **kw):
+        raise subprocess.CalledProcessError(1, ["cxr", "run"])
+
+    monkeypatch.setattr(reproduce, "train_and_evaluate", fail)
+    assert reproduce.main([str(config), "--runs", str(tmp_path / "runs")]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("cxr run failed (exit 1")

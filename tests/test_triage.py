@@ -286,3 +286,12 @@ def test_predictor_calls_by_triage_where_arg_max_disagrees(tmp_path):
     assert list(pred.rules_table()["decides"]) == [False, True, True]
     assert R.rule_markdown(pred).startswith("**This run's rule.** Decision (triage): ")
     assert "`predicted` is the one class the rule calls: a flagged disease, else normal" in R.rule_markdown(pred)
+
+
+def test_report_sets_refuse_a_normal_class_at_load():
+    """Report datasets (hf) are multilabel whatever their files hold: refused before any data is read."""
+    from cxr_helpers.config import ConfigError, load_config
+    from cxr_helpers.paths import project_root
+
+    with pytest.raises(ConfigError, match="applies to multiclass tasks only"):
+        load_config(project_root() / "configs" / "openi.yaml", ["eval.normal_class=normal"])
