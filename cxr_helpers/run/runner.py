@@ -33,6 +33,7 @@ from cxr_helpers.paths import (
 from cxr_helpers.run import index_pages, model_card, provenance
 from cxr_helpers.run.html import notebook_to_html
 from cxr_helpers.run.lock import RunDirLocked, run_dir_lock
+from cxr_helpers.run.papermill_exec import execute_notebook
 
 KERNEL_NAME = "cxr-run"
 
@@ -204,20 +205,14 @@ def _stale_if_after(nb: dict, names: list[str]) -> dict:
 
 def _execute(plan: _Plan, name: str, kernel: str, progress: bool, log) -> tuple[Optional[str], float, Path]:
     """Run one notebook with papermill and render its HTML report; returns (error or None, seconds, html)."""
-    import papermill as pm  # heavy (nbclient, jupyter_client): only ``cxr run`` needs it
-
     src = notebooks_dir() / f"{name}.ipynb"
     dst = plan.run_dir / "notebooks" / f"{name}.ipynb"
     html_path = plan.run_dir / "reports" / f"{name}.html"
     t0 = time.perf_counter()
     error = None
     try:
-        pm.execute_notebook(
-            str(src), str(dst),
-            parameters={"config": str(plan.resolved), "run_dir": str(plan.run_dir), "overrides": []},
-            kernel_name=kernel, cwd=str(project_root()), progress_bar=progress,
-            log_output=False, request_save_on_cell_execute=True,
-        )
+        execute_notebook(src, dst, {"config": str(plan.resolved), "run_dir": str(plan.run_dir), "overrides": []},
+                         kernel, project_root(), progress_bar=progress, log=log)
     except Exception as exc:  # noqa: BLE001 - any notebook failure must end the run cleanly
         error = _last_error_line(exc)
     seconds = time.perf_counter() - t0

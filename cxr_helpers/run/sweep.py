@@ -36,6 +36,7 @@ from cxr_helpers.paths import check_writable, notebooks_dir, outputs_root, proje
 from cxr_helpers.run import sweep_optuna
 from cxr_helpers.run.html import notebook_to_html
 from cxr_helpers.run.index_pages import write_outputs_index
+from cxr_helpers.run.papermill_exec import execute_notebook
 from cxr_helpers.run.runner import kernel_for_this_python, refresh_pages, select_notebooks
 from cxr_helpers.run.sweep_pages import BEST_DIR, COMPARE_HTML, write_sweep_index
 from cxr_helpers.run.sweep_point import PointOutcome, run_point, run_state, stop_all_points, validation_auroc
@@ -276,8 +277,6 @@ def _claim_once(sw: _Sweep, key: str) -> bool:
 def run_compare(sweep_dir: Path, hide_code: bool, log: Callable[[str], Any]) -> Optional[str]:
     """Execute ``notebooks/06_compare.ipynb`` on the sweep into ``<sweep>/06_compare.ipynb`` and
     ``.html``; returns the error line, or None when it ran."""
-    import papermill as pm  # heavy: only the end of a sweep needs it
-
     src = notebooks_dir() / f"{COMPARE_NOTEBOOK}.ipynb"
     if not src.is_file():
         return f"{src} is not there (this checkout has no 06_compare); the runs are compared on this page only"
@@ -285,9 +284,8 @@ def run_compare(sweep_dir: Path, hide_code: bool, log: Callable[[str], Any]) -> 
     error = None
     t0 = time.perf_counter()
     try:
-        pm.execute_notebook(str(src), str(dst), parameters={"sweep_dir": str(sweep_dir), "out_dir": str(sweep_dir)},
-                            kernel_name=kernel_for_this_python(), cwd=str(project_root()), progress_bar=False,
-                            log_output=False, request_save_on_cell_execute=True)
+        execute_notebook(src, dst, {"sweep_dir": str(sweep_dir), "out_dir": str(sweep_dir)},
+                         kernel_for_this_python(), project_root(), log=log)
     except Exception as exc:  # noqa: BLE001 - a failed comparison is reported, the runs stay
         evalue = getattr(exc, "evalue", None) or (str(exc).strip().splitlines() or [""])[-1]
         error = f"{getattr(exc, 'ename', None) or type(exc).__name__}: {evalue}"
