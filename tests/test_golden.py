@@ -4,8 +4,16 @@
 were written by main before the
 stage reorganisation (issue 12): synthetic data, resnet18 at 32 px, 2 epochs on CPU in fp32 with
 one thread. Training the same config here must give the same test predictions, temperatures and
-thresholds within 1e-6; a change in the forward path, the loop's RNG use or the metrics shows up
+thresholds within ``TOL``; a change in the forward path, the loop's RNG use or the metrics shows up
 here first.
+
+``TOL`` is 1e-3, not 1e-6: the same code gives the same bits only on the same CPU kernels, and
+PyTorch picks its fp32 kernels by instruction set. Measured 2026-11-30 (torch 2.14.1, one thread):
+on the 2-core boxes of earlier sessions the predictions agreed within 1e-6 (CI passed so); on an AMD
+EPYC with AVX-512 BF16/VP2INTERSECT they differ by at most 1.5e-4 (mean 3.6e-5), temperatures and
+thresholds by at most 1.1e-4. A real change is far larger: 2 epochs with the learning rate 0.1 %
+higher move the predictions by 1.4e-2, a 1 % higher one by 1.3e-2, a 1 % larger rotation range
+by 0.17. ``test_the_tolerance_sees_a_small_change`` keeps that margin checked.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from cxr_helpers.train.loop import train
 from cxr_helpers.train.predictions import read_predictions
 
 GOLDEN = Path(__file__).parent / "golden"
-TOL = 1e-6
+TOL = 1e-3
 
 
 def small_demo_config(out: Path) -> Config:
@@ -80,6 +88,20 @@ def test_demo_small_matches_main(tmp_path, one_thread):
     assert set(thr) == set(fit["thresholds"])
     for c in classes:
         assert abs(float(thr[c]) - fit["thresholds"][c]) <= TOL, c
+
+
+@pytest.mark.slow
+def test_the_tolerance_sees_a_small_change(tmp_path, one_thread):
+    """The learning rate 0.1 % higher must miss the golden predictions by far more than ``TOL``:
+    otherwise the tolerance would hide the changes this file is here to catch."""
+    cfg = small_demo_config(tmp_path)
+    cfg.train.lr *= 1.001
+    data = prepare(cfg, progress=False)
+    train(cfg, tmp_path / "run", data, progress=False)
+    classes = list(data.classes)
+    got = read_predictions(tmp_path / "run/predictions/test.csv", classes)
+    want = read_predictions(GOLDEN / "demo_small_test.csv", classes)
+    assert np.abs(got.P - want.P).max() > 5 * TOL
 
 
 @pytest.mark.slow
