@@ -211,6 +211,10 @@ class DataConfig:
     val_fraction: float = 0.1  # for generated splits (and val carved from official train)
     test_fraction: float = 0.2  # for generated splits
     max_images: Optional[int] = None  # cap per split for smoke runs
+    # Seed of generated splits, validation carved from an official train split and the max_images
+    # draw; None = the run's seed. Fix it (e.g. 0) so a seed sweep's runs share one validation set:
+    # seed ensembles and paired tests need that.
+    split_seed: Optional[int] = None
     cache_dir: str = "outputs/.cache"  # prepared uint8 caches, keyed by source + preprocessing
     patient_id_pattern: Optional[str] = None  # regex with one group: patient id from file name
     medmnist_flag: Optional[str] = None  # e.g. pneumoniamnist; None = from the file name
@@ -230,6 +234,10 @@ class DataConfig:
     # becomes a training target: positive (1), negative (0) or masked (left out of loss and metrics).
     uncertain: str = "masked"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.split_seed is not None and self.split_seed < 0:
+            raise ConfigError(f"data.split_seed is {self.split_seed}; it must be an integer >= 0 (or null: the run's seed)")
 
 
 @dataclass

@@ -248,6 +248,45 @@ def test_kermany_random_split_has_no_leakage(shared_data):
     assert sd.leakage["ok"] and sd.leakage["duplicate_groups_across_splits"] == 0
 
 
+def _two_class_folder(root: Path, patients: int = 20) -> Path:
+    """ROOT/{train,test}/{a,b}/p<NN>_<i>.png: two images per patient, test held apart."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", patients), ("test", 4)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for p in range(n):
+                for i in range(2):
+                    img = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+                    Image.fromarray(img).save(root / split / cls / f"{split}{cls}{p:02d}_{i}.png")
+    return root
+
+
+def test_carved_validation_follows_split_seed_not_run_seed(tmp_path):
+    root = _two_class_folder(tmp_path / "folder")
+
+    def val_ids(seed: int, split_seed=None) -> list[str]:
+        cfg = _cfg("folder", root, patient_id_pattern=r"^([a-z]+[ab]\d+)_", image_size=16, split_seed=split_seed)
+        cfg.seed = seed
+        sd = load_source(cfg)
+        assert any(f"seed {seed if split_seed is None else split_seed}); test is" in n for n in sd.notes)
+        m = sd.manifest
+        assert set(m.loc[m["split"] == "val", "patient_id"]).isdisjoint(m.loc[m["split"] == "train", "patient_id"])
+        return sorted(m.loc[m["split"] == "val", "image_id"])
+
+    unset = [val_ids(s) for s in range(4)]
+    assert len({tuple(v) for v in unset}) > 1  # without it, the run seed draws validation
+    fixed = [val_ids(s, split_seed=0) for s in range(4)]
+    assert all(v == unset[0] for v in fixed) and len(fixed[0]) >= 4
+
+
+def test_negative_split_seed_is_one_line():
+    from cxr_helpers.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"data.split_seed is -1; it must be an integer >= 0") as exc:
+        load_config("configs/kermany.yaml", overrides=["data.split_seed=-1"])
+    _one_line(exc)
+
+
 def test_patient_pattern_variants():
     names = pd.Series(["person12_bacteria_3.png", "NORMAL2-IM-0246-0001.png", "IM-0007-0001.png", "odd.png"])
     ids, unmatched = patient_ids(names, r"^(?:NORMAL2-)?(?:IM-(\d+)|person(\d+))")

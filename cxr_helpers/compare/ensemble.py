@@ -125,7 +125,8 @@ def build_ensemble(group: str, members: list[RunRecord], n_boot: Optional[int] =
 def build_ensembles(runs: list[RunRecord], n_boot: Optional[int] = None) -> tuple[list[Ensemble], list[str]]:
     """One ensemble per seed group with at least two runs, in group order, and one line per group
     that cannot be ensembled (its runs saw different validation or test images: with
-    ``data.split: random`` or synthetic data the seed also draws the data)."""
+    ``data.split: random``, validation carved from an official train split or synthetic data, the
+    seed also draws the data unless ``data.split_seed`` / ``data.synthetic.seed`` fix it)."""
     made, refused = [], []
     for label, members in seed_groups(runs).items():
         if len(members) < MIN_MEMBERS:

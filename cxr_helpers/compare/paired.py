@@ -62,7 +62,8 @@ def aligned_test_sets(a: Predictions, b: Predictions, name_a: str, name_b: str, 
         only_a, only_b = len(ids_a.difference(ids_b)), len(ids_b.difference(ids_a))
         raise CompareError(f"cannot compare {name_a} and {name_b}: their {split} sets differ ({len(ids_a)} vs "
                            f"{len(ids_b)} images, {only_a} only in {name_a}, {only_b} only in {name_b}); "
-                           "compare runs made on the same data and split")
+                           "compare runs made on the same data and split (a generated or carved split "
+                           "follows each run's seed unless data.split_seed fixes it)")
     order = ids_b.get_indexer(ids_a)
     if not np.array_equal(a.Y, b.Y[order], equal_nan=True):
         bad = int(label_mismatch(a.Y, b.Y[order]).sum())

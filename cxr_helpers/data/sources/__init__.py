@@ -195,20 +195,27 @@ def _duplicate_units(manifest: pd.DataFrame, duplicates: pd.DataFrame) -> pd.Ser
     return pids.map(find)
 
 
+def split_seed(cfg: Config) -> int:
+    """The seed that draws generated splits, carved validation and the ``max_images`` cap:
+    ``data.split_seed``, or the run's seed when that is unset."""
+    return cfg.seed if cfg.data.split_seed is None else int(cfg.data.split_seed)
+
+
 def _assign_splits(sd: SourceData, cfg: Config) -> tuple[SourceData, bool]:
     """Fill/replace splits as configured; returns (sd, whether every split was generated)."""
     d = cfg.data
+    seed = split_seed(cfg)
     m = sd.manifest
     split = m["split"].fillna("").astype(str)
     units = _duplicate_units(m, sd.duplicates)
     if d.split == "random" or (split == "").all():
         why = "data.split=random" if d.split == "random" else "the source has no split"
         m["split"] = assign_patient_splits(
-            m, sd.classes, d.val_fraction, d.test_fraction, cfg.seed, group=units
+            m, sd.classes, d.val_fraction, d.test_fraction, seed, group=units
         )
         sd.notes.append(
             f"splits generated per patient ({why}): val {d.val_fraction:.0%}, test {d.test_fraction:.0%}, "
-            f"label-stratified, seed {cfg.seed}"
+            f"label-stratified, seed {seed}"
         )
         sd.manifest = m
         return sd, True
@@ -226,11 +233,11 @@ def _assign_splits(sd: SourceData, cfg: Config) -> tuple[SourceData, bool]:
         units = _duplicate_units(m, sd.duplicates)
     if not (split == "val").any() and (split == "train").any() and d.val_fraction > 0:
         tr = (split == "train").to_numpy()
-        carved = assign_patient_splits(m.loc[tr], sd.classes, d.val_fraction, 0.0, cfg.seed, group=units[tr])
+        carved = assign_patient_splits(m.loc[tr], sd.classes, d.val_fraction, 0.0, seed, group=units[tr])
         m.loc[tr, "split"] = carved.to_numpy()
         sd.notes.append(
             f"validation carved from the official train split per patient ({d.val_fraction:.0%} of its images, "
-            f"label-stratified, seed {cfg.seed}); test is the source's own"
+            f"label-stratified, seed {seed}); test is the source's own"
         )
     sd.manifest = m
     return sd, False
@@ -242,7 +249,7 @@ def _cap(sd: SourceData, cfg: Config) -> SourceData:
     if not cap:
         return sd
     m = sd.manifest
-    rng = np.random.default_rng(cfg.seed + 17)
+    rng = np.random.default_rng(split_seed(cfg) + 17)
     keep = np.zeros(len(m), dtype=bool)
     y = m[sd.classes].to_numpy(dtype=np.float64)
     totals = np.nansum(y, axis=0)
@@ -275,7 +282,7 @@ def _cap(sd: SourceData, cfg: Config) -> SourceData:
     n_before = len(m)
     sd = subset(sd, keep)
     sd.notes.append(
-        f"data.max_images={cap}: kept {len(sd.manifest)} of {n_before} images (whole patients, seed {cfg.seed})"
+        f"data.max_images={cap}: kept {len(sd.manifest)} of {n_before} images (whole patients, seed {split_seed(cfg)})"
     )
     return sd
 
