@@ -1,7 +1,7 @@
 """Does a shipped config still give the test numbers docs/results.md reports? One seed, checked.
 
 Runs ``cxr run CONFIG --only 02,03`` for one seed (the config as shipped, ``RUN_SETTINGS``, and
-the torch thread count of the recorded run) into ``--runs``, reads the run's ``metrics.json`` (test AUROC and the
+the torch thread count and training precision of the recorded run) into ``--runs``, reads the run's ``metrics.json`` (test AUROC and the
 accuracy at the threshold 03 fitted on validation) and the validation AUROC of the kept epoch,
 and compares them with the record in ``benchmarks/expected.json``. Exit status 0 when every
 number is within tolerance, 1 when one is not, 2 when the record or data is missing.
@@ -36,8 +36,10 @@ from cxr_helpers.run.sweep_point import validation_auroc  # noqa: E402
 
 EXPECTED = ROOT / "benchmarks" / "expected.json"
 # robustness and TTA views off (neither changes the headline numbers), no TensorBoard files; the
-# torch thread count is the record's (float summation order, so bit-for-bit repeats, depend on it)
+# torch thread count and the training precision are the record's (``pinned_settings``)
 RUN_SETTINGS = ["eval.robustness=false", "eval.tta=[]", "tracking.tensorboard=false"]
+# train_summary.json's "amp" -> the train.amp setting that trains so again
+AMP_SETTINGS = {"off": "off", "bfloat16": "bf16", "float16": "fp16"}
 TOLERANCE = {"test_auroc": 0.005, "test_accuracy": 0.01, "val_auroc": 0.005}
 
 
@@ -90,6 +92,17 @@ def write_record(name: str, record: dict[str, Any], path: Optional[Path] = None)
     path.write_text(json.dumps(dict(sorted(records.items())), indent=2) + "\n")
 
 
+def pinned_settings(record: Optional[dict[str, Any]]) -> list[str]:
+    """The record's torch thread count and training precision as overrides. ``train.amp: auto``
+    trains in bf16 on a CPU with AVX512-BF16 and in fp32 on one without, a different model; the
+    thread count sets float summation order, so bit-for-bit repeats on the recording machine."""
+    record = record or {}
+    pinned = [f"train.threads={record['threads']}"] if record.get("threads") else []
+    if record.get("amp") in AMP_SETTINGS:
+        pinned.append(f"train.amp={AMP_SETTINGS[record['amp']]}")
+    return pinned
+
+
 def train_and_evaluate(config: Path, seed: int, run_dir: Path, overrides: list[str]) -> float:
     """``cxr run CONFIG --only 02,03`` for one seed (with ``RUN_SETTINGS`` and ``overrides``);
     returns its wall seconds."""
@@ -131,9 +144,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     seconds = None
     if not (args.score_only or args.run):
-        threads = [f"train.threads={record['threads']}"] if record and record.get("threads") else []
         try:
-            seconds = train_and_evaluate(args.config, args.seed, run_dir, [*threads, *args.overrides])
+            seconds = train_and_evaluate(args.config, args.seed, run_dir, [*pinned_settings(record), *args.overrides])
         except subprocess.CalledProcessError as exc:
             print(f"cxr run failed (exit {exc.returncode}; its own line above says why); "
                   f"nothing compared. Run dir: {run_dir}")
@@ -150,7 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "config": str(args.config), "config_sha256": config_sha(args.config), "seed": args.seed,
             **{k: round(v, 4) if v is not None else None for k, v in measured.items()},
             "seconds": None if seconds is None else round(seconds), "threads": summary.get("threads"),
-            "machine": args.record,
+            "amp": summary.get("amp"), "machine": args.record,
             "torch": torch.__version__,
             "command": f"python benchmarks/reproduce.py {args.config} --seed {args.seed}",
         })

@@ -90,3 +90,33 @@ def test_a_failed_run_or_missing_config_is_one_line(tmp_path, monkeypatch, capsy
     assert reproduce.main([str(config), "--runs", str(tmp_path / "runs")]) == 2
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("cxr run failed (exit 1")
+
+
+def test_the_recorded_threads_and_precision_are_pinned(tmp_path, monkeypatch, capsys):
+    """``train.amp: auto`` means bf16 on a CPU with AVX512-BF16 and fp32 elsewhere: the check must
+    train as the record did, not as this CPU's default would."""
+    assert reproduce.pinned_settings({"threads": 2, "amp": "off"}) == ["train.threads=2", "train.amp=off"]
+    assert reproduce.pinned_settings({"threads": 1, "amp": "bfloat16"}) == ["train.threads=1", "train.amp=bf16"]
+    assert reproduce.pinned_settings({}) == [] and reproduce.pinned_settings(None) == []
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    expected = tmp_path / "expected.json"
+    monkeypatch.setattr(reproduce, "EXPECTED", expected)
+    reproduce.write_record("tiny", {"config_sha256": reproduce.config_sha(config), "test_auroc": 0.97,
+                                    "threads": 2, "amp": "off"}, expected)
+    seen = {}
+
+    def fake_train(config, seed, run_dir, overrides):
+        seen["overrides"] = overrides
+        _fake_run(run_dir, val=0.99, auc=0.97, acc=0.9)
+        return 1.0
+
+    monkeypatch.setattr(reproduce, "train_and_evaluate", fake_train)
+    assert reproduce.main([str(config), "--runs", str(tmp_path / "runs"), "--set", "data.root=x"]) == 0
+    assert seen["overrides"] == ["train.threads=2", "train.amp=off", "data.root=x"]
+
+
+@pytest.mark.parametrize("name", ["pneumoniamnist", "kermany"])
+def test_shipped_records_say_their_precision(name):
+    assert reproduce.read_record(name)["amp"] in reproduce.AMP_SETTINGS
