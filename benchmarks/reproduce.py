@@ -6,15 +6,19 @@ accuracy at the threshold 03 fitted on validation) and the validation AUROC of t
 and compares them with the record in ``benchmarks/expected.json``. Exit status 0 when every
 number is within tolerance, 1 when one is not, 2 when the record or data is missing.
 
-    python benchmarks/reproduce.py configs/pneumoniamnist.yaml            # ~20 min on one CPU core
-    python benchmarks/reproduce.py configs/kermany.yaml                   # ~25 min on one CPU core
+    python benchmarks/reproduce.py configs/pneumoniamnist.yaml            # 7-25 min on one CPU core, by CPU
+    python benchmarks/reproduce.py configs/kermany.yaml                   # 25-45 min on one CPU core
     python benchmarks/reproduce.py configs/kermany.yaml --score-only      # re-check an existing run
     python benchmarks/reproduce.py configs/kermany.yaml --record "2-core AMD EPYC, CPU"   # write the record
     python benchmarks/reproduce.py configs/kermany.yaml --run outputs/k17/final --record "..."  # from a run made before
 
 The record keeps the SHA-256 of the config file: when the config changes, the check says so
-instead of comparing numbers of a different model. Same machine and thread count reproduce a run
-bit for bit; another CPU changes float summation order, so the default tolerances (0.005 AUROC, 0.01 accuracy) allow that much and no more.
+instead of comparing numbers of a different model. The same machine, thread count and precision
+reproduce a run bit for bit. Another CPU picks other float kernels, and epochs of training grow that
+into a difference the size of a change of seed (PneumoniaMNIST, measured: 0.9766 on the recording
+box, 0.9819 on an AVX512-BF16 EPYC; seeds 0-2 on one box 0.9766-0.9828). So a record carries its
+own ``tolerance``, set from its config's measured spread and said in ``tolerance_why``; the
+defaults (0.005 AUROC, 0.01 accuracy) apply where no spread was measured.
 """
 
 from __future__ import annotations
@@ -74,6 +78,11 @@ def compare(measured: dict[str, Optional[float]], expected: dict[str, Any],
         elif abs(got - want) > tol:
             problems.append(f"{key}: {got:.4f}, expected {want:.4f} ± {tol}")
     return problems
+
+
+def tolerance_for(record: Optional[dict[str, Any]]) -> dict[str, float]:
+    """The record's own tolerances over the defaults (``TOLERANCE``)."""
+    return {**TOLERANCE, **((record or {}).get("tolerance") or {})}
 
 
 def read_record(name: str, path: Optional[Path] = None) -> Optional[dict[str, Any]]:
@@ -158,21 +167,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.record:
         import torch
 
+        kept = {k: record[k] for k in ("tolerance", "tolerance_why") if record and k in record}
         write_record(name, {
             "config": str(args.config), "config_sha256": config_sha(args.config), "seed": args.seed,
             **{k: round(v, 4) if v is not None else None for k, v in measured.items()},
             "seconds": None if seconds is None else round(seconds), "threads": summary.get("threads"),
             "amp": summary.get("amp"), "machine": args.record,
             "torch": torch.__version__,
-            "command": f"python benchmarks/reproduce.py {args.config} --seed {args.seed}",
+            "command": f"python benchmarks/reproduce.py {args.config} --seed {args.seed}", **kept,
         })
         print(f"recorded in {EXPECTED}")
         return 0
-    problems = compare(measured, record, TOLERANCE)
+    tolerance = tolerance_for(record)
+    problems = compare(measured, record, tolerance)
     for line in problems:
         print("NOT REPRODUCED", line)
     if not problems:
-        print(f"reproduced: {name} seed {args.seed} within {TOLERANCE}")
+        print(f"reproduced: {name} seed {args.seed} within {tolerance}")
     return 1 if problems else 0
 
 

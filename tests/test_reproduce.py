@@ -120,3 +120,26 @@ def test_the_recorded_threads_and_precision_are_pinned(tmp_path, monkeypatch, ca
 @pytest.mark.parametrize("name", ["pneumoniamnist", "kermany"])
 def test_shipped_records_say_their_precision(name):
     assert reproduce.read_record(name)["amp"] in reproduce.AMP_SETTINGS
+
+
+def test_a_record_carries_its_own_tolerance_and_keeps_it_when_re_recorded(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    expected = tmp_path / "expected.json"
+    monkeypatch.setattr(reproduce, "EXPECTED", expected)
+    record = {"config_sha256": reproduce.config_sha(config), "test_auroc": 0.9766, "test_accuracy": 0.92,
+              "val_auroc": 0.99, "tolerance": {"test_auroc": 0.01}, "tolerance_why": "seeds 0-2 span 0.006"}
+    reproduce.write_record("tiny", record, expected)
+    assert reproduce.tolerance_for(record) == {**reproduce.TOLERANCE, "test_auroc": 0.01}
+    _fake_run(tmp_path / "runs" / "tiny-seed0", val=0.99, auc=0.9819, acc=0.92)
+    args = [str(config), "--score-only", "--runs", str(tmp_path / "runs")]
+    assert reproduce.main(args) == 0  # 0.0053 off: outside the default 0.005, inside the record's 0.01
+    assert "reproduced: tiny seed 0" in capsys.readouterr().out
+    reproduce.write_record("tiny", {**record, "tolerance": {}}, expected)
+    assert reproduce.main(args) == 1
+
+    reproduce.write_record("tiny", record, expected)
+    assert reproduce.main([*args, "--record", "box"]) == 0
+    again = reproduce.read_record("tiny", expected)
+    assert again["tolerance"] == {"test_auroc": 0.01} and again["tolerance_why"] == "seeds 0-2 span 0.006"
+    assert again["test_auroc"] == 0.9819
