@@ -6,9 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+from browser_fixtures import browser  # noqa: F401  (the one session browser: see below)
 
 from cxr_helpers.paths import project_root, shared_data_dir
 from cxr_helpers.run import runner
+
+# ``browser`` is registered here, once: a session fixture imported into two test modules is two
+# fixtures, and the second ``sync_playwright`` opened in a worker that already holds one fails
+# ("Playwright Sync API inside the asyncio loop") whenever xdist puts both modules on one worker.
 
 ROOT = project_root()
 

@@ -11,9 +11,8 @@ import sys
 import numpy as np
 import pytest
 from app_fixtures import ALWAYS, chest_like, monochrome1_dicom, png_bytes, tiny_run
-from browser_fixtures import (  # noqa: F401  (browser: a fixture)
+from browser_fixtures import (
     PageWatch,
-    browser,
     free_port,
     local_pages,
     page_problems,

@@ -13,7 +13,7 @@ import sys
 
 import pandas as pd
 import pytest
-from browser_fixtures import browser, local_pages, page_problems  # noqa: F401  (browser: fixture)
+from browser_fixtures import local_pages, page_problems
 from test_model_card import checklist_items, section
 
 from cxr_helpers.metrics import fmt_ci
