@@ -48,7 +48,7 @@ def _train_summary(run_dir: Path, task: str, classes: list[str]) -> None:
     write_summary(run_dir, {"arch": "resnet18", "in_chans": 1, "image_size": 32, "params": 11_000_000,
                             "loss": "ce" if task == "multiclass" else "bce", "loss_reason": "auto", "loss_weights": None,
                             "monitor": "macro_auroc", "best_epoch": 2, "epochs_run": 2, "best_metric": 0.9,
-                            "stop_reason": "completed", "seconds": 3.0, "device": "cpu", "task": task,
+                            "stop_reason": "completed", "seconds": 3.0, "device": "cpu", "threads": 1, "amp": "off", "task": task,
                             "classes": classes, "n_train": 57, "n_val": 19, "n_test": 20})
 
 
@@ -164,6 +164,7 @@ def test_single_label_card_quotes_metrics_thresholds_and_leakage_files(tmp_path)
     assert "Leakage check warn" in section(card, "Known limitations")
     assert "metrics.json has no subgroup results" in section(card, "Subgroups")
     assert "ECE" in section(card, "Calibration")
+    assert "(world size 1, 1 thread, AMP off)" in section(card, "Model and training")
 
 
 def test_a_file_of_another_shape_leaves_its_section_unanswered_not_a_crash(tmp_path):

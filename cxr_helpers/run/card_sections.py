@@ -237,10 +237,11 @@ def section_model(files: RunFiles) -> Section:
         f"(epoch {tr.get('best_epoch')} of {tr.get('epochs_run')}, value {fmt(tr.get('best_metric'))}); "
         f"stopped: {tr.get('stop_reason')}. One model, no ensemble; weights in `model/best.pt`."
     )
-    secs = tr.get("seconds")
+    secs, threads = tr.get("seconds"), tr.get("threads")
+    thread_text = "? threads" if not threads else f"{threads} thread{'' if threads == 1 else 's'}"
     sec.lines.append(
         f"- Compute: {fmt(secs, 0) if secs is not None else '?'} s on {tr.get('device') or '?'} "
-        f"(world size {tr.get('world_size') or 1}, {tr.get('threads') or '?'} threads, AMP {tr.get('amp') or '?'}); "
+        f"(world size {tr.get('world_size') or 1}, {thread_text}, AMP {tr.get('amp') or '?'}); "
         f"{tr.get('n_train')} / {tr.get('n_val')} / {tr.get('n_test')} train / val / test images."
     )
     prov = files.provenance
